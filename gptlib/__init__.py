@@ -1,0 +1,1 @@
+"""gptlib: the GPT built in the Build a GPT course."""
