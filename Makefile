@@ -1,0 +1,83 @@
+# Build a GPT — every target sets up what it needs (a .venv with the tested versions) by itself.
+#   make book   build the rendered book into _build/html, executing every chapter (cpu profile)
+#   make test   the whole test suite: unit tests, notebooks (nbval, smoke), export sync,
+#               student versions, grading, the book build with warnings as errors, a browser check
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Offline mirrors: used when a ../shared folder (or the variables) provide them.
+SHARED ?= $(abspath ../shared)
+ifneq ($(wildcard $(SHARED)/data),)
+export GPTLIB_DATA_DIR ?= $(SHARED)/data
+endif
+ifneq ($(wildcard $(SHARED)/tiktoken-cache),)
+export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken-cache
+endif
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+JB_FLAGS := -W -n --keep-going
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+
+.PHONY: help setup book book-smoke test test-unit test-notebooks test-book test-browser export \
+        student grade lab bench configure clean
+
+help:
+	@sed -n '1,5p' Makefile
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+setup: $(STAMP)
+
+# The book, executed in the cpu profile (results worth reading), cached between builds.
+book: $(STAMP)
+	GPTLIB_PROFILE=$${GPTLIB_PROFILE:-cpu} $(VENV)/bin/jupyter-book build . $(JB_FLAGS)
+	@echo "Open _build/html/index.html"
+
+# The same book in the smoke profile, into _build/smoke (what `make test` checks).
+book-smoke: $(STAMP)
+	@mkdir -p _build/smoke
+	sed 's#_build/.jupyter_cache#_build/smoke/.jupyter_cache#' _config.yml > _build/smoke/_config.yml
+	GPTLIB_PROFILE=smoke $(VENV)/bin/jupyter-book build . $(JB_FLAGS) \
+	    --config _build/smoke/_config.yml --path-output _build/smoke
+
+test: $(STAMP)
+	$(MAKE) --no-print-directory test-unit test-notebooks test-book test-browser
+
+test-unit: $(STAMP)
+	GPTLIB_PROFILE=smoke $(PY) -m pytest -q tests --ignore=tests/browser
+
+test-notebooks: $(STAMP)
+	GPTLIB_PROFILE=smoke $(PY) -m pytest -q --nbval-lax -p no:cacheprovider $(NOTEBOOKS)
+
+test-book: book-smoke
+
+test-browser: $(STAMP)
+	BOOK_HTML=_build/smoke/_build/html $(PY) -m pytest -q tests/browser
+
+export: $(STAMP)
+	$(PY) -m gptlib.export
+
+student: $(STAMP)
+	$(PY) -m gptlib.student --out _build/student
+
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS='path/to/*.ipynb'"; exit 2)
+	$(PY) -m gptlib.grade $(SUBMISSIONS) --out _build/gradebook
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: $(STAMP)
+	for b in benchmarks/[a-z]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+configure: $(STAMP)
+	@test -n "$(REPO)" || (echo "usage: make configure REPO=https://github.com/you/your-fork [BRANCH=main]"; exit 2)
+	$(PY) -m gptlib.course configure $(REPO) $(BRANCH)
+
+clean:
+	rm -rf _build

@@ -1,0 +1,93 @@
+"""Write student versions of the chapter notebooks (``make student``).
+
+Hand-written (not exported from a notebook). In the instructor notebooks each exercise's
+solution sits between a ``### BEGIN SOLUTION`` line and a ``### END SOLUTION`` line (the
+nbgrader / otter-grader convention). The student version replaces those lines, markers included,
+with ``raise NotImplementedError`` at the same indentation, clears every output, and unfolds the
+exercise cell. The notebook still runs top to bottom: the check reports "not done" and the rest of
+the chapter uses gptlib's reference implementation.
+
+    python -m gptlib.student [--out _build/student] [NOTEBOOK ...]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+_BEGIN_RE = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
+_END_RE = re.compile(r"^\s*### END SOLUTION\s*$")
+_FOLD_TAGS = {"hide-input", "hide-cell", "remove-input"}
+
+__all__ = ["strip_solutions", "student_notebook", "write_student_notebooks"]
+
+
+def strip_solutions(source: str, placeholder: str = "raise NotImplementedError  # your code here") -> str:
+    """Replace every solution block in ``source`` with ``placeholder`` (same indentation)."""
+    out, inside = [], False
+    for lineno, line in enumerate(source.splitlines(), 1):
+        begin = _BEGIN_RE.match(line)
+        if begin:
+            if inside:
+                raise ValueError(f"line {lineno}: {BEGIN} inside another solution block")
+            inside = True
+            out.append(begin.group(1) + placeholder)
+            continue
+        if _END_RE.match(line):
+            if not inside:
+                raise ValueError(f"line {lineno}: {END} without a {BEGIN}")
+            inside = False
+            continue
+        if not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"a {BEGIN} block is never closed by {END}")
+    return "\n".join(out)
+
+
+def student_notebook(nb):
+    """A copy of notebook ``nb`` with solutions removed and outputs cleared."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if BEGIN in cell.source:
+            cell.source = strip_solutions(cell.source)
+            tags = [t for t in cell.metadata.get("tags", []) if t not in _FOLD_TAGS]
+            cell.metadata["tags"] = tags
+        cell.outputs = []
+        cell.execution_count = None
+    return nb
+
+
+def write_student_notebooks(notebooks: list[Path], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        target = out_dir / path.name
+        nbformat.write(student_notebook(nb), target)
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write student versions of the notebooks.")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb")
+    parser.add_argument("--out", type=Path, default=ROOT / "_build" / "student")
+    args = parser.parse_args(argv)
+    notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    for path in write_student_notebooks(notebooks, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

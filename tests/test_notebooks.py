@@ -1,0 +1,111 @@
+"""What every committed notebook must look like (no execution here: nbval runs them)."""
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from gptlib import course, exercises, export
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = course.notebooks(ROOT)
+CHAPTERS = export.chapter_notebooks(ROOT)
+CHECK_CALL = re.compile(r"""check\(\s*["'](\d+\.\d+)["']""")
+
+
+def _nb(path):
+    return nbformat.read(path, as_version=4)
+
+
+def _ids(nbs):
+    return [p.name for p in nbs]
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, "no chapter notebooks found in notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_without_outputs(path):
+    for i, cell in enumerate(_nb(path).cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{path.name} cell {i} has outputs: clear them before committing")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_starts_with_title_and_colab_setup_cell(path):
+    nb = _nb(path)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), (
+        f"{path.name} must open with a `# Title` markdown cell")
+    titles = [c for c in nb.cells if c.cell_type == "markdown"
+              and re.search(r"^# ", c.source, re.M)]
+    assert len(titles) == 1, f"{path.name} must have exactly one H1 title"
+    setup = course.first_code_cell(nb)
+    assert setup.source == course.setup_cell_source(), (
+        f"{path.name}: the first code cell must be the Colab setup cell for "
+        f"{course.repository_url()} (python -m gptlib.course setup-cell prints it)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_solution_cells_are_folded_and_checked(path):
+    cells = _nb(path).cells
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "code" and "### BEGIN SOLUTION" in cell.source:
+            assert "### END SOLUTION" in cell.source
+            assert "hide-input" in cell.metadata.get("tags", []), (
+                f"{path.name} cell {i}: a solution cell must carry the `hide-input` tag")
+            following = next((c for c in cells[i + 1:] if c.cell_type == "code"), None)
+            assert following is not None and CHECK_CALL.search(following.source), (
+                f"{path.name} cell {i}: a solution cell must be followed by its check(...) cell")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
+def test_chapter_exercises_are_registered_and_tested(path):
+    chapter = int(path.name[:2])
+    source = "\n".join(c.source for c in _nb(path).cells if c.cell_type == "code")
+    called = set(CHECK_CALL.findall(source))
+    registered = {e for e in exercises.registry() if e.split(".")[0] == str(chapter)}
+    assert len(registered) >= 3, f"chapter {chapter} needs at least 3 exercises with checks"
+    assert called == registered, (
+        f"{path.name} checks {sorted(called)} but gptlib registers {sorted(registered)}")
+    tests = ROOT / "tests" / f"test_checks_ch{chapter:02d}.py"
+    assert tests.exists(), f"{tests.name} must feed each check known-wrong implementations"
+    text = tests.read_text(encoding="utf-8")
+    for eid in registered:
+        assert f'"{eid}"' in text or f"'{eid}'" in text, f"{tests.name} never tests {eid}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
+def test_chapter_has_the_template_sections(path):
+    text = "\n".join(c.source for c in _nb(path).cells if c.cell_type == "markdown")
+    for needed in ("Objectives", "Prerequisites", "Time estimate", "Review questions",
+                   "Summary", "References", "{exercise}"):
+        assert needed in text, f"{path.name} lacks a '{needed}' part"
+    assert "```{bibliography}" in text
+    source = "\n".join(c.source for c in _nb(path).cells if c.cell_type == "code")
+    assert "by_profile(" in source, f"{path.name} should choose its sizes with by_profile"
+
+
+def test_every_notebook_and_page_is_in_the_toc():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = set()
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.add(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(toc)
+    files.add(toc["root"])
+    for path in NOTEBOOKS:
+        assert f"notebooks/{path.stem}" in files, f"{path.name} is missing from _toc.yml"
+    for page in (ROOT / "book").glob("*.md"):
+        assert f"book/{page.stem}" in files, f"book/{page.name} is missing from _toc.yml"
+    for f in files:
+        assert any((ROOT / f"{f}{ext}").exists() for ext in (".md", ".ipynb")), f"{f} does not exist"
