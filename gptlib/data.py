@@ -22,12 +22,12 @@ def as_token_tensor(data: TokenData) -> torch.Tensor:
             data = torch.as_tensor(data if hasattr(data, "__array__") else list(data))
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"token data must be a sequence of ints, got {type(data).__name__}") from err
+    if data.numel() == 0:
+        raise ValueError("token data is empty")
     if data.dtype == torch.bool or data.is_floating_point() or data.is_complex():
         raise ValueError(f"token ids must be integers, got dtype {data.dtype}")
     if data.dim() != 1:
         raise ValueError(f"token data must be a 1-D stream of ids, got shape {tuple(data.shape)}")
-    if data.numel() == 0:
-        raise ValueError("token data is empty")
     if int(data.min()) < 0:
         raise ValueError(f"token ids must be >= 0, found {int(data.min())}")
     return data.long()

@@ -21,6 +21,8 @@ _OVERRUN = ("some windows run past the end of data: a window starting at i needs
 def _batch(get_batch, data, block_size, batch_size, seed):
     try:
         out = get_batch(data, block_size, batch_size, generator=torch.Generator().manual_seed(seed))
+    except NotImplementedError:
+        raise
     except (IndexError, RuntimeError) as err:
         raise CheckFailed(f"{_OVERRUN}; your function raised {type(err).__name__}: {err}") from None
     expect(isinstance(out, tuple) and len(out) == 2, "return a tuple (x, y)")
@@ -76,6 +78,8 @@ def _(get_batch):
 def _embed(one_hot_embed, idx, weight):
     try:
         out = one_hot_embed(idx, weight)
+    except NotImplementedError:
+        raise
     except RuntimeError as err:
         text = str(err)
         if "dtype" in text or "scalar type" in text or "not implemented for 'Long'" in text:
@@ -162,8 +166,8 @@ def _(sinusoidal):
         for hint, wrong in _variants(T, d).items():
             if torch.allclose(out, wrong, atol=1e-5):
                 raise CheckFailed(hint)
-        expect(torch.allclose(out[0, 0::2], torch.zeros(d // 2), atol=1e-6)
-               and torch.allclose(out[0, 1::2], torch.ones(d // 2), atol=1e-6),
+        expect(torch.allclose(out[0, 0::2], torch.zeros(d // 2, dtype=out.dtype), atol=1e-6)
+               and torch.allclose(out[0, 1::2], torch.ones(d // 2, dtype=out.dtype), atol=1e-6),
                "row 0 (position 0) must be sin(0) = 0 in even columns and cos(0) = 1 in odd columns")
         raise CheckFailed(f"values differ from PE(t, 2i) = sin(t / 10000 ** (2i / n_embd)), "
                           f"PE(t, 2i + 1) = cos(...): e.g. PE(1, 0) should be sin(1) = {math.sin(1):.4f}, "
