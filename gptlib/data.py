@@ -72,6 +72,17 @@ def _check_stream(data: torch.Tensor, block_size: int) -> None:
                          f"tokens (inputs plus the shifted target), but data has {len(data)}")
 
 
+def _windows(data: torch.Tensor, starts: torch.Tensor, block_size: int,
+             device: Optional[Union[str, torch.device]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cut the windows ``data[i : i + block_size + 1]`` for each start ``i``; split into (x, y)."""
+    window = starts[:, None] + torch.arange(block_size + 1)          # (B, T + 1) positions
+    tokens = data[window.to(data.device)].long()
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # y: x shifted by one
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
               generator: Optional[torch.Generator] = None,
               device: Optional[Union[str, torch.device]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -86,12 +97,7 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
     _check_positive_int("batch_size", batch_size)
     _check_stream(data, block_size)
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    window = starts[:, None] + torch.arange(block_size + 1)        # (B, T + 1) positions
-    tokens = data[window.to(data.device)].long()
-    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    if device is not None:
-        x, y = x.to(device), y.to(device)
-    return x, y
+    return _windows(data, starts, block_size, device)
 
 
 def iter_batches(data: torch.Tensor, block_size: int, batch_size: int,
@@ -109,13 +115,7 @@ def iter_batches(data: torch.Tensor, block_size: int, batch_size: int,
     if max_batches is not None:
         _check_positive_int("max_batches", max_batches)
     starts = torch.arange(0, len(data) - block_size, block_size)
-    offsets = torch.arange(block_size + 1)
     for n, first in enumerate(range(0, len(starts), batch_size)):
         if max_batches is not None and n >= max_batches:
             return
-        window = starts[first:first + batch_size, None] + offsets
-        tokens = data[window.to(data.device)].long()
-        x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-        if device is not None:
-            x, y = x.to(device), y.to(device)
-        yield x, y
+        yield _windows(data, starts[first:first + batch_size], block_size, device)
