@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['LayerNorm', 'GELU', 'MLP', 'Block', 'PostLNBlock']
 
-# %% ../notebooks/05_transformer_block.ipynb #773ce651
+# %% ../notebooks/05_transformer_block.ipynb #0fa288f4
 import math
 
 import torch
@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from gptlib.attention import CausalSelfAttention
 
-# %% ../notebooks/05_transformer_block.ipynb #2753a7b9
+# %% ../notebooks/05_transformer_block.ipynb #1efdf4f0
 class LayerNorm(nn.Module):
     """Layer normalization over the last dimension, written out (Ba et al., 2016).
 
@@ -47,7 +47,7 @@ class LayerNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.ndim}, eps={self.eps}, bias={self.bias is not None}"
 
-# %% ../notebooks/05_transformer_block.ipynb #ff93187c
+# %% ../notebooks/05_transformer_block.ipynb #37d820cd
 class GELU(nn.Module):
     """GELU in the tanh form that GPT-2 uses (Hendrycks & Gimpel, 2016)::
 
@@ -60,7 +60,7 @@ class GELU(nn.Module):
         inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))
         return 0.5 * x * (1.0 + torch.tanh(inner))
 
-# %% ../notebooks/05_transformer_block.ipynb #85201dfb
+# %% ../notebooks/05_transformer_block.ipynb #43f5471e
 class MLP(nn.Module):
     """The position-wise feed-forward network: Linear(C, 4C) -> GELU -> Linear(4C, C) -> dropout.
 
@@ -80,7 +80,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
-# %% ../notebooks/05_transformer_block.ipynb #db89378c
+# %% ../notebooks/05_transformer_block.ipynb #92198314
 class Block(nn.Module):
     """A Pre-LN transformer block, as in GPT-2::
 

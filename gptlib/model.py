@@ -4,7 +4,7 @@
 __all__ = ['GPT2_SIZES', 'HF_CONV1D_WEIGHTS', 'GPTConfig', 'GPT', 'convert_hf_state_dict', 'load_hf_state_dict',
            'parameter_breakdown']
 
-# %% ../notebooks/05_transformer_block.ipynb #7935666f
+# %% ../notebooks/05_transformer_block.ipynb #0612d64a
 import math
 from dataclasses import dataclass
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from gptlib.block import Block, LayerNorm
 from gptlib.embeddings import PositionalEmbedding, TokenEmbedding
 
-# %% ../notebooks/05_transformer_block.ipynb #3154e52f
+# %% ../notebooks/05_transformer_block.ipynb #51d5a8f0
 GPT2_SIZES: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),          # "small", 124M
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
@@ -66,7 +66,7 @@ class GPTConfig:
         return cls(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
                    n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd)
 
-# %% ../notebooks/05_transformer_block.ipynb #c5e9b977
+# %% ../notebooks/05_transformer_block.ipynb #63ed798a
 class GPT(nn.Module):
     """A GPT language model, numerically identical to GPT-2 for the same weights.
 
@@ -179,7 +179,7 @@ class GPT(nn.Module):
         load_hf_state_dict(model, state_dict)
         return model
 
-# %% ../notebooks/05_transformer_block.ipynb #c3ecccdd
+# %% ../notebooks/05_transformer_block.ipynb #c54cfab9
 HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
@@ -237,7 +237,7 @@ def load_hf_state_dict(model: GPT, state_dict: dict) -> GPT:
         param.copy_(tensors[key].to(dtype=param.dtype, device=param.device))
     return model
 
-# %% ../notebooks/05_transformer_block.ipynb #f4be02d8
+# %% ../notebooks/05_transformer_block.ipynb #4beac2bb
 def parameter_breakdown(model: GPT) -> dict[str, int]:
     """Where the parameters sit: embeddings, attention, MLP, LayerNorms (tied head counted once)."""
     groups = {"token embedding": 0, "position embedding": 0, "attention": 0, "MLP": 0,
