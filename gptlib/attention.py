@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlib.masking import apply_mask, causal_mask
+from gptlib.masking import causal_mask, masked_softmax
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -40,19 +40,13 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor,
 
     ``q``: (..., T_q, d_k), ``k``: (..., T_k, d_k); ``mask``: boolean, broadcastable to
     (..., T_q, T_k), ``True`` where query i may attend to key j. Returns (..., T_q, T_k) whose
-    rows sum to one.
+    rows sum to one. A query that may attend to nothing (a fully masked row, e.g. padding) gets
+    all-zero weights rather than NaN, by Chapter 3's ``masked_softmax``.
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError("mask must be a boolean tensor, True where attention is allowed")
-        try:
-            torch.broadcast_shapes(mask.shape, scores.shape)
-        except RuntimeError:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores "
-                             f"(..., T_q, T_k) = {tuple(scores.shape)}") from None
-        scores = apply_mask(scores, mask)
-    return torch.softmax(scores, dim=-1)
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    return masked_softmax(scores, mask)     # checks the mask: bool, broadcasts to the scores
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -65,9 +65,9 @@ def test_sdpa_bad_shapes(args, words):
 
 def test_sdpa_bad_mask_and_dropout():
     q = torch.randn(2, 4, 8)
-    with pytest.raises(ValueError, match="does not broadcast"):
+    with pytest.raises(ValueError, match="mask of shape"):
         scaled_dot_product_attention(q, q, q, mask=causal_mask(5))
-    with pytest.raises(TypeError, match="boolean"):
+    with pytest.raises(TypeError, match="bool"):
         scaled_dot_product_attention(q, q, q, mask=causal_mask(4).float())
     with pytest.raises(ValueError, match="dropout_p"):
         scaled_dot_product_attention(q, q, q, dropout_p=1.0)
@@ -181,3 +181,11 @@ def test_bad_input(shape, words):
     assert words in str(err.value)
     with pytest.raises(ValueError):
         attn(torch.randn(*shape), need_weights=True)
+
+
+def test_fully_masked_row_gives_zero_weights_not_nan(g):
+    q, k, v = (torch.randn(1, 3, 4, generator=g) for _ in range(3))
+    mask = torch.tensor([[False, False, False], [True, False, False], [True, True, True]])
+    out, w = scaled_dot_product_attention(q, k, v, mask=mask)
+    assert not torch.isnan(out).any()
+    assert (w[0, 0] == 0).all() and (out[0, 0] == 0).all()
