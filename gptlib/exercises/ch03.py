@@ -120,12 +120,11 @@ def _mask_mistakes(lengths: list[int], T: int) -> dict[str, torch.Tensor]:
         "j < lengths[b] (index the padding mask as [:, None, None, :])": causal.expand(B, 1, T, T),
         "the causal part is missing: padding alone still lets query i see keys j > i":
             pad[:, None, None, :].expand(B, 1, T, T),
-        "padding was masked on the query axis (rows) instead of the key axis (columns): index the "
-        "(B, T) padding mask as pad[:, None, None, :], not pad[:, None, :, None]":
+        "padding was masked on the query axis (rows): with right padding and the causal mask "
+        "that hides whole rows and nothing else; mask padded *keys* (columns) instead, indexing "
+        "the (B, T) padding mask as pad[:, None, None, :]; padded queries may still look at "
+        "the real tokens before them":
             causal & pad[:, None, :, None],
-        "padded queries were masked too: the exercise asks to mask only padded *keys*; padded "
-        "queries may still look at the real tokens before them":
-            causal & pad[:, None, None, :] & pad[:, None, :, None],
         "off by one in the lengths: a sequence of length L has real tokens at 0 .. L-1, so use "
         "j < lengths[b], not j <= lengths[b]":
             causal & padding_mask([min(n + 1, T) for n in lengths], T)[:, None, None, :],
