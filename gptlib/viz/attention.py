@@ -110,22 +110,35 @@ def plot_saturation(d_ks: Sequence[int], stats: Mapping[str, Sequence[Mapping[st
 
 
 def plot_heads(weights, tokens: Sequence[str], title: str = "Attention heads"):
-    """A grid of heatmaps: one row per layer, one column per head, characters on the axes."""
+    """A grid of heatmaps: one row per layer, one column per head, characters on the axes.
+
+    Keys are labelled along the bottom row, queries along the first column.
+    """
     w = _as_layers(weights)
     n_layer, n_head = w.shape[:2]
     labels = _labels(tokens)
-    size = min(2.45, 10 / n_head)
-    fig, axes = plt.subplots(n_layer, n_head, figsize=(size * n_head, size * n_layer + 0.5),
+    T = w.shape[-1]
+    if len(labels) != T:
+        raise ValueError(f"{len(labels)} token labels for weights over {T} positions")
+    size = min(2.45, 9.2 / n_head)
+    fig, axes = plt.subplots(n_layer, n_head, figsize=(size * n_head + 0.8, size * n_layer + 0.5),
                              dpi=100, squeeze=False)
-    fontsize = 5 if len(labels) > 20 else 7
+    fig.subplots_adjust(left=0.05, right=0.9, bottom=0.06, top=0.9, wspace=0.08, hspace=0.2)
+    fontsize = 6 if T > 20 else 7
     for layer in range(n_layer):
         for head in range(n_head):
             ax = axes[layer, head]
-            im = _heatmap(ax, w[layer, head], labels, fontsize=fontsize)
+            im = _heatmap(ax, w[layer, head], labels, ticks=False)
+            if layer == n_layer - 1:
+                ax.set_xticks(range(T), labels, fontsize=fontsize)
+            if head == 0:
+                ax.set_yticks(range(T), labels, fontsize=fontsize)
+            ax.tick_params(length=0, pad=1)
+            ax.set_xlim(-0.5, T - 0.5)
+            ax.set_ylim(T - 0.5, -0.5)
             ax.set_title(f"layer {layer}, head {head}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
+    fig.colorbar(im, cax=fig.add_axes([0.92, 0.15, 0.015, 0.7]))
     return fig
 
 
