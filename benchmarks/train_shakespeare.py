@@ -1,0 +1,148 @@
+"""Train character-level GPTs on Tiny Shakespeare and record time, throughput and validation loss.
+
+Recipes
+-------
+reference  the well-known CPU recipe: 4 layers, 4 heads, 128 wide, context 64, batch 12, 2000
+           steps, lr 1e-3 cosine to 1e-4 after 100 warmup steps, AdamW beta2 0.99, weight decay
+           0.1, clip 1.0, no dropout. Target: best val <= 1.89 in <= 100 s.
+course     the course's own CPU recipe for the same wall-clock budget (target val <= 1.75): wider
+           (192), no biases, batch 32, a larger learning rate; its number of steps is fitted to the
+           budget from a short timing of its own step, so the cosine schedule always completes.
+gpu        the chapter's gpu profile (6 layers, 6 heads, 384 wide, context 256, batch 64, dropout
+           0.2, 5000 steps); only when CUDA is present. Target val <= 1.47; records the time to it.
+
+How validation is measured (the same for every recipe, on the same held-out split: the last 10%
+of the characters): during training, every ``eval_interval`` steps, the mean loss over
+``eval_iters`` fixed random batches of the validation split (``gptlib.train.evaluate``; the
+"best val" is the lowest of these estimates); after training, the exact loss over every
+validation character once (``evaluate_full``), which is the honest final figure.
+
+    python benchmarks/train_shakespeare.py                      # reference + course (+ gpu)
+    python benchmarks/train_shakespeare.py --recipes reference --steps 200   # a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_table, write_results  # noqa: E402
+
+import torch  # noqa: E402
+
+from gptlib.data import train_val_split  # noqa: E402
+from gptlib.datasets import load_text  # noqa: E402
+from gptlib.model import GPT, GPTConfig  # noqa: E402
+from gptlib.tokenizer import CharTokenizer  # noqa: E402
+from gptlib.train import TrainConfig, evaluate_full, train  # noqa: E402
+
+RECIPES = {
+    "reference": dict(
+        model=dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=True),
+        train=dict(max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+                   weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20),
+        target=1.89, budget_s=100),
+    "course": dict(
+        model=dict(n_layer=4, n_head=4, n_embd=192, block_size=64, dropout=0.0, bias=False),
+        train=dict(max_steps=None, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99,
+                   weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20),
+        target=1.75, budget_s=100),
+    "gpu": dict(
+        model=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=True),
+        train=dict(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+                   weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=50),
+        target=1.47, budget_s=None),
+}
+
+
+def seconds_per_step(model_cfg: GPTConfig, train_kw: dict, train_ids, val_ids, steps: int = 15) -> float:
+    """Time a few steps of a throw-away copy of the model (after a warm-up step)."""
+    kw = {**train_kw, "max_steps": steps + 2, "warmup_steps": 1, "eval_interval": 10_000, "eval_iters": 1}
+    probe = GPT(model_cfg)
+    times = []
+    train(probe, train_ids, val_ids, TrainConfig(**kw), until_step=2, progress=False)
+    t0 = time.perf_counter()
+    train(probe, train_ids, val_ids, TrainConfig(**kw), until_step=steps + 2, progress=False)
+    times.append(time.perf_counter() - t0)
+    return times[0] / (steps + 2)
+
+
+def run(name: str, vocab_size: int, train_ids, val_ids, steps: int | None, budget: float | None) -> dict:
+    recipe = RECIPES[name]
+    model_cfg = GPTConfig(vocab_size=vocab_size, **recipe["model"])
+    train_kw = dict(recipe["train"])
+    device = "cuda" if name == "gpu" else "cpu"
+    train_kw["device"] = device
+    if train_kw["max_steps"] is None:                      # fit the schedule to the wall-clock budget
+        per_step = seconds_per_step(model_cfg, train_kw, train_ids, val_ids)
+        train_kw["max_steps"] = max(200, int(0.92 * (budget or recipe["budget_s"]) / per_step))
+    if steps is not None:
+        train_kw["max_steps"] = steps
+    train_kw["warmup_steps"] = min(train_kw["warmup_steps"], train_kw["max_steps"] // 10)
+    cfg = TrainConfig(**train_kw)
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg)
+    stamps: list[tuple[int, float, float]] = []
+    t0 = time.perf_counter()
+
+    def clock(step, history, _model):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        stamps.append((step, history.val_loss[-1], time.perf_counter() - t0))
+
+    history = train(model, train_ids, val_ids, cfg, callbacks=[clock], progress=False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    full_val, n_val = evaluate_full(model, val_ids, model_cfg.block_size, batch_size=64, device=device)
+    tokens = cfg.tokens_per_step(model_cfg.block_size) * cfg.max_steps
+    reached = next((t for _, v, t in stamps if v <= recipe["target"]), None)
+    return {
+        "recipe": name, "params": model.num_parameters(), "steps": cfg.max_steps,
+        "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall),
+        "best_val": round(history.best_val, 4), "final_val_full": round(full_val, 4),
+        "final_bpc": round(full_val / math.log(2), 4), "target": recipe["target"],
+        "time_to_target_s": None if reached is None else round(reached, 2),
+        "config": {"model": recipe["model"], "train": {k: v for k, v in train_kw.items()}},
+        "val_estimate": f"mean over {cfg.eval_iters} fixed batches of {cfg.batch_size}x{model_cfg.block_size} "
+                        f"val tokens every {cfg.eval_interval} steps; final: all {n_val} val tokens once",
+        "evals": [{"step": s, "val": round(v, 4), "t": round(t, 2)} for s, v, t in stamps],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default="reference,course,gpu",
+                        help="comma-separated: reference, course, gpu (gpu is skipped without CUDA)")
+    parser.add_argument("--steps", type=int, default=None, help="override the number of steps (quick check)")
+    parser.add_argument("--budget", type=float, default=None, help="wall-clock budget for 'course' (s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    text = load_text("tinyshakespeare")
+    tok = CharTokenizer(text)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    train_ids, val_ids = train_val_split(ids, 0.1)
+    rows = []
+    for name in args.recipes.split(","):
+        name = name.strip()
+        if name not in RECIPES:
+            parser.error(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        if name == "gpu" and not torch.cuda.is_available():
+            print("gpu recipe skipped: CUDA is not available")
+            continue
+        print(f"running {name} ...", flush=True)
+        rows.append(run(name, tok.vocab_size, train_ids, val_ids, args.steps, args.budget))
+    print_table(rows, ["recipe", "params", "steps", "wall_s", "tokens_per_s", "best_val", "final_val_full",
+                       "target", "time_to_target_s"])
+    write_results("train_shakespeare", {"threads": torch.get_num_threads(),
+                                        "partial": args.steps is not None, "runs": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

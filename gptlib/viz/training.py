@@ -1,0 +1,160 @@
+"""Pictures for Chapter 6 (training): the learning-rate schedule, loss curves, gradient norms,
+overfitting runs side by side, and a live loss plot for interactive notebooks.
+
+Hand-written. Model and training code never import this module; the notebook calls one function
+per figure and then ``plt.show()``. A ``History`` is anything with the fields of
+:class:`gptlib.train.History` (``step``, ``lr``, ``train_loss``, ``grad_norm``, ``eval_step``,
+``val_loss``, ``eval_train_loss``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["plot_lr_schedule", "plot_history", "plot_grad_norms", "plot_overfitting",
+           "LivePlot", "is_interactive"]
+
+
+def _smooth(values, window: int) -> np.ndarray:
+    """Moving average over ``window`` points (shorter at the start), so noisy losses read well."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) == 0:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    idx = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_lr_schedule(lr_fn: Callable[..., float], max_lr: float, min_lr: float, warmup_steps: int,
+                     max_steps: int, title: str = "Linear warmup, then cosine decay"):
+    """Plot ``lr_fn(step, max_lr, min_lr, warmup_steps, max_steps)`` over the whole run, with a
+    zoom on the warmup."""
+    steps = np.arange(0, int(max_steps * 1.05) + 1)
+    lrs = [lr_fn(int(s), max_lr, min_lr, warmup_steps, max_steps) for s in steps]
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100, gridspec_kw={"width_ratios": [2, 1]})
+    ax.plot(steps, lrs, color="#1f77b4")
+    for a in (ax, zoom):
+        a.axhline(max_lr, color="grey", lw=0.8, ls=":")
+        a.axhline(min_lr, color="grey", lw=0.8, ls=":")
+        a.axvline(warmup_steps, color="#d62728", lw=0.8, ls="--")
+        a.set_xlabel("optimizer step")
+    ax.axvline(max_steps, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    ax.text(max_steps, min_lr, "  min_lr", va="bottom", fontsize=8)
+    ax.text(0, max_lr, " max_lr", va="bottom", fontsize=8)
+    n = min(len(steps), 2 * max(warmup_steps, 1) + 1)
+    zoom.plot(steps[:n], lrs[:n], marker=".", color="#1f77b4")
+    zoom.set_title("the warmup, step by step")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history, title: str = "Training run", smooth: int = 20, ax=None):
+    """Training loss per step (faint, and smoothed) with the periodic estimates of the train and
+    validation loss (markers)."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    if history.train_loss:
+        steps = history.step[: len(history.train_loss)]
+        ax.plot(steps, history.train_loss, color="#1f77b4", alpha=0.25, lw=0.8)
+        ax.plot(steps, _smooth(history.train_loss, smooth), color="#1f77b4", lw=1.2,
+                label=f"train (batch loss, {smooth}-step mean)")
+    if history.eval_step:
+        ax.plot(history.eval_step, history.eval_train_loss, "o-", color="#2ca02c", ms=4, label="train (estimate)")
+        ax.plot(history.eval_step, history.val_loss, "s-", color="#d62728", ms=4, label="validation (estimate)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else ax.figure
+
+
+def plot_grad_norms(history, clip: float | None = None, title: str = "Global gradient norm before clipping"):
+    """The global gradient norm at every step (log scale) and the clipping threshold."""
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+    steps = history.step[: len(history.grad_norm)]
+    ax.plot(steps, history.grad_norm, color="#9467bd", lw=0.8)
+    if clip:
+        ax.axhline(clip, color="#d62728", ls="--", lw=1, label=f"clip at {clip:g}")
+        clipped = np.mean(np.asarray(history.grad_norm) > clip) if history.grad_norm else 0.0
+        ax.set_title(f"{title} ({clipped:.0%} of steps clipped)")
+        ax.legend(fontsize=8)
+    else:
+        ax.set_title(title)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("‖g‖₂")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def plot_overfitting(runs: Mapping[str, object], title: str = "Train vs validation loss"):
+    """One panel per run: the train and validation estimates, with the gap at the end."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(min(10, 3.4 * len(runs)), 3.3), dpi=100,
+                             sharey=True, squeeze=False)
+    for ax, (label, h) in zip(axes[0], runs.items()):
+        ax.plot(h.eval_step, h.eval_train_loss, "o-", ms=3, color="#2ca02c", label="train")
+        ax.plot(h.eval_step, h.val_loss, "s-", ms=3, color="#d62728", label="validation")
+        gap = h.val_loss[-1] - h.eval_train_loss[-1]
+        ax.set_title(f"{label}\nfinal gap {gap:+.2f}, best val {min(h.val_loss):.2f}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("loss (nats per token)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def is_interactive() -> bool:
+    """True in a notebook a person is looking at (JupyterLab/Notebook, VS Code, Colab), False
+    when a notebook is executed in batch (nbval, nbconvert, the book build) or in a terminal.
+    ``GPTLIB_LIVE=1`` / ``0`` overrides."""
+    forced = os.environ.get("GPTLIB_LIVE")
+    if forced is not None:
+        return forced.strip() not in ("", "0", "false", "no")
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        return False
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return False
+    return ("google.colab" in sys.modules or "JPY_SESSION_NAME" in os.environ
+            or "VSCODE_PID" in os.environ)
+
+
+class LivePlot:
+    """A training callback that redraws the loss curves after every evaluation.
+
+    Pass it to ``train(..., callbacks=[LivePlot()])``. It draws only when :func:`is_interactive`
+    (a batch run keeps its output clean; draw a static figure with :func:`plot_history` after
+    training instead).
+    """
+
+    def __init__(self, title: str = "Training (live)", enabled: bool | None = None, smooth: int = 20):
+        self.title, self.smooth = title, smooth
+        self.enabled = is_interactive() if enabled is None else enabled
+        self.handle = None
+
+    def __call__(self, step, history, model=None) -> None:
+        if not self.enabled:
+            return
+        from IPython.display import display
+        fig = plot_history(history, title=f"{self.title}: step {step}", smooth=self.smooth)
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+        plt.close(fig)
