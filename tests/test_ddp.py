@@ -44,6 +44,7 @@ def _env(**extra):
     return env
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
     cmd = [sys.executable, "-m", "gptlib.train", "--no-progress", "--config"]
     port = str(_free_port())
