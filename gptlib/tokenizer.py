@@ -346,6 +346,10 @@ def _encode(self, text: str, allowed_special: str | Iterable[str] = (),
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    for name, value in (("allowed_special", allowed_special), ("disallowed_special", disallowed_special)):
+        if isinstance(value, str) and value != "all":
+            raise ValueError(f"{name} must be 'all' or a set of strings, got the string {value!r} "
+                             f"(write {{{value!r}}} for a single token)")
     known = set(self.special_tokens)
     allowed = known if allowed_special == "all" else set(allowed_special)
     unknown = allowed - known

@@ -187,6 +187,8 @@ def test_special_tokens_need_permission(trained):
     assert eot not in plain and trained.decode(plain) == doc
     with pytest.raises(ValueError, match="does not have"):
         trained.encode("x", allowed_special={"<|nope|>"})
+    with pytest.raises(ValueError, match="'all' or a set"):
+        trained.encode(doc, allowed_special=ENDOFTEXT)
 
 
 @pytest.mark.parametrize("allowed", [set(), "all", {"<|endoftext|>"}])
