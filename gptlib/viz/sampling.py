@@ -69,16 +69,21 @@ def plot_temperature_sweep(temperatures: Sequence[float], top_prob: Sequence[flo
     return fig
 
 
-def plot_repetition(settings: Sequence[str], repeated: Sequence[float], n: int):
-    """Bar chart: the fraction of a sample's n-grams that already appeared earlier in it."""
-    fig, ax = plt.subplots(figsize=(7, 2.8), dpi=100)
-    ax.barh(range(len(settings)), repeated, color="tab:purple")
-    ax.set_yticks(range(len(settings)), settings)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"fraction of {n}-character chunks seen before in the same sample")
-    for i, v in enumerate(repeated):
-        ax.text(min(v + 0.01, 0.9), i, f"{v:.2f}", va="center", fontsize=9)
+def plot_repetition(settings: Sequence[str], repeated: Sequence[float], real_words: Sequence[float],
+                    n: int):
+    """Two bar charts per setting: the fraction of a sample's n-grams already seen earlier in
+    it (repetition), and the fraction of its words that are real words (spelling)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 2.8), dpi=100, sharey=True)
+    panels = [(repeated, f"fraction of {n}-character chunks seen before", "tab:purple"),
+              (real_words, "fraction of words found in the training text", "tab:green")]
+    for ax, (values, label, color) in zip(axes, panels):
+        ax.barh(range(len(settings)), values, color=color)
+        ax.set_xlim(0, 1.1)
+        ax.set_xlabel(label)
+        for i, v in enumerate(values):
+            ax.text(v + 0.01, i, f"{v:.2f}", va="center", fontsize=9)
+    axes[0].set_yticks(range(len(settings)), settings)
+    axes[0].invert_yaxis()
     fig.tight_layout()
     return fig
 
@@ -130,7 +135,11 @@ def playground(model, encode: Callable[[str], list], decode: Callable[[list], st
     out = w.Textarea(layout=w.Layout(width="95%", height="260px"))
 
     def run(_=None):
-        ids = encode(text.value)
+        try:
+            ids = encode(text.value)
+        except (KeyError, ValueError) as err:
+            out.value = f"the prompt cannot be encoded ({err}): use characters the model knows"
+            return
         if not ids:
             out.value = "(the prompt is empty: type at least one character)"
             return
