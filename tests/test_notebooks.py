@@ -84,7 +84,7 @@ def test_chapter_has_the_template_sections(path):
     for needed in ("Objectives", "Prerequisites", "Time estimate", "Review questions",
                    "Summary", "References", "{exercise}"):
         assert needed in text, f"{path.name} lacks a '{needed}' part"
-    assert "```{bibliography}" in text
+    assert "```{footbibliography}" in text
     source = "\n".join(c.source for c in _nb(path).cells if c.cell_type == "code")
     assert "by_profile(" in source, f"{path.name} should choose its sizes with by_profile"
 
