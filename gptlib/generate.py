@@ -7,7 +7,7 @@ __all__ = ['check_sampling_args', 'apply_temperature', 'top_k_filter', 'top_p_fi
 # %% ../notebooks/07_sampling.ipynb #ch07-013
 import math
 import numbers
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
