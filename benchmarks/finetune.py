@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         smoke=dict(n_layer=1, n_head=2, n_embd=32, pretrain_steps=40, pretrain_batch=8,
                    n_train_per_class=8, n_test=60, ft_steps=15, ft_batch=16, lora_r=2, sft_steps=20, n_sft_test=16),
         cpu=dict(n_layer=3, n_head=4, n_embd=96, pretrain_steps=800, pretrain_batch=16,
-                 n_train_per_class=32, n_test=None, ft_steps=100, ft_batch=32, lora_r=4, sft_steps=200, n_sft_test=200),
+                 n_train_per_class=32, n_test=None, ft_steps=100, ft_batch=32, lora_r=3, sft_steps=200, n_sft_test=200),
         gpu=dict(n_layer=6, n_head=6, n_embd=384, pretrain_steps=3000, pretrain_batch=64,
                  n_train_per_class=32, n_test=None, ft_steps=200, ft_batch=32, lora_r=8, sft_steps=600, n_sft_test=None),
     )
@@ -64,9 +64,9 @@ def main(argv=None) -> int:
     runs = [("from scratch", scratch, "full", 1e-3, {}),
             ("head only", pretrained, "head", 1e-2, {}),
             ("top block + head", pretrained, "top", 1e-3, {}),
-            ("full fine-tuning", pretrained, "full", 1e-3, {}),
-            ("full + LM loss (λ=0.2)", pretrained, "full", 1e-3, {"lm_lambda": 0.2}),
-            ("full + LM loss (λ=1)", pretrained, "full", 1e-3, {"lm_lambda": 1.0}),
+            ("full fine-tuning", pretrained, "full", 3e-4, {}),
+            ("full + LM loss (λ=0.2)", pretrained, "full", 3e-4, {"lm_lambda": 0.2}),
+            ("full + LM loss (λ=1)", pretrained, "full", 3e-4, {"lm_lambda": 1.0}),
             (f"LoRA (r={r})", pretrained, "lora", 3e-3, {"lora": dict(r=r, alpha=2 * r)})]
     rows = []
     for name, backbone, mode, lr, extra in runs:

@@ -219,6 +219,7 @@ def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
                   metadata={k: json.dumps(v) for k, v in metadata.items()})
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a cache file need not be
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
