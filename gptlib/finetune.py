@@ -61,12 +61,15 @@ def passage(speech_text: str, max_chars: int) -> str:
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-009
 def _shuffle_words(text: str, g: torch.Generator) -> str:
+    # The first and last words stay in place: a capital at the start and the punctuation at the
+    # end would otherwise give the forgery away without any knowledge of the language.
     words = text.split(" ")
+    inner = words[1:-1]
     for _ in range(10):
-        order = torch.randperm(len(words), generator=g).tolist()
+        order = torch.randperm(len(inner), generator=g).tolist()
         if order != sorted(order):
             break
-    return " ".join(words[i] for i in order)
+    return " ".join([words[0]] + [inner[i] for i in order] + [words[-1]])
 
 
 def _scramble_letters(text: str, g: torch.Generator) -> str:
@@ -97,8 +100,9 @@ CORRUPTIONS = {"genuine": lambda text, g: text, "shuffled words": _shuffle_words
 
 
 def corrupt(text: str, kind: str, generator: torch.Generator) -> str:
-    """``text`` as one of ``KINDS``: unchanged, its words in a random order, the inner letters of
-    each word (4+ letters) permuted, or about one lowercase letter in five replaced at random."""
+    """``text`` as one of ``KINDS``: unchanged, its inner words (all but the first and last) in a
+    random order, the inner letters of each word (4+ letters) permuted, or about one lowercase
+    letter in five replaced at random."""
     if kind not in CORRUPTIONS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     return CORRUPTIONS[kind](text, generator)
