@@ -45,6 +45,7 @@ book-smoke: $(STAMP)
 	GPTLIB_PROFILE=smoke $(VENV)/bin/jupyter-book build . $(JB_FLAGS) \
 	    --config _build/smoke/_config.yml --path-output _build/smoke
 
+test: export OMP_NUM_THREADS ?= 1
 test: $(STAMP)
 	$(MAKE) --no-print-directory test-unit test-notebooks test-book test-browser
 
