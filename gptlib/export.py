@@ -95,12 +95,10 @@ def export_notebook(notebook: Path, lib_path: Path) -> list[Path]:
             nb_export(str(tmp_nb), lib_path=str(out))
             produced = out / f"{module.replace('.', '/')}.py"
             text = produced.read_text(encoding="utf-8")
-            rel_tmp = Path("..") / notebook.parent.name / Path(tmp).name / notebook.name
             rel_tmp_from_out = Path("..") / notebook.name
             rel_real = Path(_relpath(notebook, lib_path / produced.relative_to(out)))
             text = text.replace(f"File to edit: {rel_tmp_from_out}.", f"File to edit: {rel_real}.")
             text = text.replace(f"# %% {rel_tmp_from_out} ", f"# %% {rel_real} ")
-            del rel_tmp
             target = lib_path / produced.relative_to(out)
             target.parent.mkdir(parents=True, exist_ok=True)
             if not text.endswith("\n"):
@@ -132,13 +130,13 @@ def out_of_sync(root: Path = ROOT) -> list[str]:
         (mirror / "gptlib").mkdir()
         fresh = export_all(mirror, mirror / "gptlib")
         problems = []
-        owners: dict[str, str] = {}
+        seen: set[str] = set()
         for path in fresh:
             rel = path.relative_to(mirror)
             committed = root / rel
-            if str(rel) in owners:
+            if str(rel) in seen:
                 problems.append(f"{rel} is exported by more than one notebook")
-            owners[str(rel)] = str(rel)
+            seen.add(str(rel))
             if not committed.exists():
                 problems.append(f"{rel} is missing: run `make export`")
             elif not filecmp.cmp(path, committed, shallow=False):
