@@ -45,6 +45,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def result_name(base: str, device) -> str:
+    """``base`` for a CPU run, ``base_gpu`` for a CUDA one, so GPU figures never overwrite CPU ones."""
+    return f"{base}_gpu" if str(device).startswith("cuda") else base
+
+
 def write_results(name: str, figures: dict) -> Path:
     """Write ``results/<name>.json`` atomically with the machine facts; return its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import print_table, write_results  # noqa: E402
+from _common import print_table, result_name, write_results  # noqa: E402
 
 from gptlib.attention import CausalSelfAttention  # noqa: E402
 
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     print(f"CausalSelfAttention forward+backward on {device} "
           f"(median of {args.repeat}, torch threads {torch.get_num_threads()})")
     print_table(rows)
-    write_results("attention", {"device": str(device), "repeat": args.repeat,
+    write_results(result_name("attention", device), {"device": str(device), "repeat": args.repeat,
                                 "warmup": args.warmup, "rows": rows})
 
 

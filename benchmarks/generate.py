@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import print_table, write_results  # noqa: E402
+from _common import print_table, result_name, write_results  # noqa: E402
 
 from gptlib.generate import generate  # noqa: E402
 from gptlib.model import GPT, GPTConfig  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     if at_512:
         figures["speedup_at_512"] = at_512[0]["speedup"]
         figures["target_met_5x_at_512"] = at_512[0]["speedup"] >= 5
-    write_results("generate", figures)
+    write_results(result_name("generate", device), figures)
     return figures
 
 
