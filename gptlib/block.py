@@ -8,6 +8,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from gptlib.attention import CausalSelfAttention
 
@@ -22,15 +23,19 @@ class LayerNorm(nn.Module):
     with the *biased* variance (divide by ``ndim``), exactly as ``nn.LayerNorm`` does. The
     statistics are computed in float32 even when ``x`` is half precision, then the result is
     cast back. ``bias=False`` drops the additive term (the ``bias`` attribute is then ``None``).
+
+    ``fused=True`` (the default) computes the same function with PyTorch's one-kernel
+    ``F.layer_norm``; ``fused=False`` runs the formula above op by op. Both give the same numbers
+    (to float rounding) and share the same parameters; the chapter times the difference.
     """
 
-    def __init__(self, ndim: int, bias: bool = True, eps: float = 1e-5):
+    def __init__(self, ndim: int, bias: bool = True, eps: float = 1e-5, fused: bool = True):
         super().__init__()
         if ndim <= 0:
             raise ValueError(f"LayerNorm needs a positive size, got ndim={ndim}")
         if eps <= 0:
             raise ValueError(f"LayerNorm needs eps > 0, got eps={eps}")
-        self.ndim, self.eps = ndim, eps
+        self.ndim, self.eps, self.fused = ndim, eps, fused
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
 
@@ -38,6 +43,8 @@ class LayerNorm(nn.Module):
         if x.shape[-1] != self.ndim:
             raise ValueError(f"LayerNorm({self.ndim}) got an input whose last dimension is "
                              f"{x.shape[-1]} (shape {tuple(x.shape)})")
+        if self.fused:
+            return F.layer_norm(x, (self.ndim,), self.weight, self.bias, self.eps)
         xf = x.float()
         mean = xf.mean(dim=-1, keepdim=True)
         var = (xf - mean).pow(2).mean(dim=-1, keepdim=True)       # biased: divide by ndim
@@ -45,7 +52,7 @@ class LayerNorm(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        return f"{self.ndim}, eps={self.eps}, bias={self.bias is not None}"
+        return f"{self.ndim}, eps={self.eps}, bias={self.bias is not None}, fused={self.fused}"
 
 # %% ../notebooks/05_transformer_block.ipynb #37d820cd
 class GELU(nn.Module):
@@ -54,11 +61,22 @@ class GELU(nn.Module):
         gelu(x) = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
 
     Equal to ``F.gelu(x, approximate="tanh")`` and to Hugging Face's ``gelu_new``.
+    ``fused=True`` (the default) calls that one-kernel ``F.gelu``; ``fused=False`` evaluates the
+    formula above op by op.
     """
 
+    def __init__(self, fused: bool = True):
+        super().__init__()
+        self.fused = fused
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return F.gelu(x, approximate="tanh")
         inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))
         return 0.5 * x * (1.0 + torch.tanh(inner))
+
+    def extra_repr(self) -> str:
+        return f"fused={self.fused}"
 
 # %% ../notebooks/05_transformer_block.ipynb #43f5471e
 class MLP(nn.Module):

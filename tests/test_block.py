@@ -14,44 +14,66 @@ def _conf(**kw):
     return SimpleNamespace(**{**base, **kw})
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("eps", [1e-5, 1e-2])
-def test_layernorm_equals_torch(eps):
+def test_layernorm_equals_torch(eps, fused):
     torch.manual_seed(0)
     x = torch.randn(3, 7, 24) * 4 + 1
-    ours, ref = LayerNorm(24, eps=eps), nn.LayerNorm(24, eps=eps)
+    ours, ref = LayerNorm(24, eps=eps, fused=fused), nn.LayerNorm(24, eps=eps)
     with torch.no_grad():
         ref.weight.uniform_(0.5, 1.5); ref.bias.normal_()
         ours.weight.copy_(ref.weight); ours.bias.copy_(ref.bias)
     assert torch.allclose(ours(x), ref(x), atol=1e-5)
 
 
-def test_layernorm_tiny_variance_and_no_bias():
+@pytest.mark.parametrize("fused", [False, True])
+def test_layernorm_tiny_variance_and_no_bias(fused):
     x = torch.randn(2, 5, 16) * 3e-3 + 0.5
-    ln = LayerNorm(16, bias=False)
+    ln = LayerNorm(16, bias=False, fused=fused)
     assert ln.bias is None and len(list(ln.parameters())) == 1
     assert torch.allclose(ln(x), F.layer_norm(x, (16,), eps=1e-5), atol=1e-4)
 
 
-def test_layernorm_half_precision_keeps_dtype():
+@pytest.mark.parametrize("fused", [False, True])
+def test_layernorm_half_precision_keeps_dtype(fused):
     x = torch.randn(2, 4, 8).to(torch.bfloat16)
-    y = LayerNorm(8).to(torch.bfloat16)(x)
+    y = LayerNorm(8, fused=fused).to(torch.bfloat16)(x)
     assert y.dtype == torch.bfloat16
     assert torch.allclose(y.float(), F.layer_norm(x.float(), (8,)), atol=3e-2)
 
 
-def test_layernorm_bad_input():
+@pytest.mark.parametrize("fused", [False, True])
+def test_layernorm_bad_input(fused):
     with pytest.raises(ValueError, match="last dimension is 5"):
-        LayerNorm(8)(torch.randn(2, 5))
+        LayerNorm(8, fused=fused)(torch.randn(2, 5))
     with pytest.raises(ValueError, match="positive size"):
         LayerNorm(0)
     with pytest.raises(ValueError, match="eps > 0"):
         LayerNorm(4, eps=0.0)
 
 
-def test_gelu_is_tanh_form():
+@pytest.mark.parametrize("fused", [False, True])
+def test_gelu_is_tanh_form(fused):
     x = torch.linspace(-8, 8, 2001)
-    assert torch.allclose(GELU()(x), F.gelu(x, approximate="tanh"), atol=1e-6)
-    assert not torch.allclose(GELU()(x), F.gelu(x), atol=1e-5)  # not the erf form
+    assert torch.allclose(GELU(fused=fused)(x), F.gelu(x, approximate="tanh"), atol=1e-6)
+    assert not torch.allclose(GELU(fused=fused)(x), F.gelu(x), atol=1e-5)  # not the erf form
+
+
+def test_fused_and_written_out_paths_agree_in_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 32) * 2
+    for written, fused in [(GELU(fused=False), GELU()), (LayerNorm(32, fused=False), LayerNorm(32))]:
+        if isinstance(fused, LayerNorm):
+            with torch.no_grad():
+                fused.weight.uniform_(0.5, 1.5); fused.bias.normal_()
+            written.load_state_dict(fused.state_dict())
+        grads = []
+        for module in (written, fused):
+            xi = x.clone().requires_grad_()
+            (module(xi) * torch.linspace(-1, 1, 32)).sum().backward()
+            grads.append(xi.grad)
+        assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert GELU().fused and LayerNorm(8).fused       # the model uses the fused kernels by default
 
 
 def test_mlp_shapes_names_and_count():
