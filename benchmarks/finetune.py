@@ -39,10 +39,10 @@ def main(argv=None) -> int:
     cfg = by_profile(
         smoke=dict(n_layer=1, n_head=2, n_embd=32, pretrain_steps=40, pretrain_batch=8,
                    n_train_per_class=8, n_test=60, ft_steps=15, ft_batch=16, lora_r=2, sft_steps=20, n_sft_test=16),
-        cpu=dict(n_layer=3, n_head=4, n_embd=96, pretrain_steps=800, pretrain_batch=16,
-                 n_train_per_class=32, n_test=None, ft_steps=100, ft_batch=32, lora_r=3, sft_steps=200, n_sft_test=200),
+        cpu=dict(n_layer=4, n_head=4, n_embd=128, pretrain_steps=2000, pretrain_batch=32,
+                 n_train_per_class=64, n_test=None, ft_steps=100, ft_batch=32, lora_r=3, sft_steps=200, n_sft_test=200),
         gpu=dict(n_layer=6, n_head=6, n_embd=384, pretrain_steps=3000, pretrain_batch=64,
-                 n_train_per_class=32, n_test=None, ft_steps=200, ft_batch=32, lora_r=8, sft_steps=600, n_sft_test=None),
+                 n_train_per_class=64, n_test=None, ft_steps=200, ft_batch=32, lora_r=8, sft_steps=600, n_sft_test=None),
     )
     device = get_device()
     text = load_text("tinyshakespeare")
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     scratch = GPT(config).to(device)
     r = cfg["lora_r"]
-    runs = [("from scratch", scratch, "full", 1e-3, {}),
+    runs = [("from scratch", scratch, "full", 3e-3, {}),
             ("head only", pretrained, "head", 1e-2, {}),
             ("top block + head", pretrained, "top", 1e-3, {}),
             ("full fine-tuning", pretrained, "full", 3e-4, {}),
