@@ -5,8 +5,8 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'EvalCallback', 'perplexit
            'param_groups', 'configure_optimizer', 'lr_at', 'evaluate', 'evaluate_full', 'resolve_precision',
            'autocast_context', 'maybe_compile', 'unwrap', 'rng_state', 'set_rng_state', 'CheckpointError',
            'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'TrainConfig', 'History',
-           'DistInfo', 'setup_distributed', 'cleanup_distributed', 'draw_batch', 'sample', 'train', 'load_text_data',
-           'run_from_config', 'main']
+           'DistInfo', 'setup_distributed', 'cleanup_distributed', 'draw_batch', 'sample', 'best_checkpoint_path',
+           'train', 'load_text_data', 'run_from_config', 'main']
 
 # %% ../notebooks/06_training.ipynb #ch06-004
 import argparse
@@ -393,6 +393,7 @@ class TrainConfig:
     eval_batch_size: int | None = None  # defaults to batch_size
     log_interval: int = 10         # steps between progress-bar updates
     checkpoint_interval: int = 0   # save every this many steps (0: only at the end)
+    keep_best: bool = False        # also keep the lowest-validation checkpoint (see best_checkpoint_path)
     seed: int = 1337
     device: str = "auto"           # "auto", "cpu", "cuda", "mps", ...
     precision: str = "auto"        # "auto", "bfloat16", "float32"
@@ -526,6 +527,13 @@ def sample(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature
 EvalCallback = Callable[[int, History, nn.Module], None]
 
 
+def best_checkpoint_path(path: str | Path) -> Path:
+    """Where ``keep_best`` writes the checkpoint with the lowest validation loss: beside the
+    run's checkpoint, ``ckpt.pt`` -> ``ckpt.best.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.best{path.suffix}")
+
+
 def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor, config: TrainConfig, *,
           checkpoint_path: str | Path | None = None, resume_from: str | Path | None = None,
           until_step: int | None = None, callbacks: Sequence[EvalCallback] = (),
@@ -541,10 +549,15 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor, config: 
     ``resume_from`` continues from a checkpoint (weights, optimizer, step, RNG states, history):
     the losses are those an uninterrupted run would have had. ``until_step`` stops early (the
     schedule still ends at ``max_steps``). ``checkpoint_path`` is written every
-    ``checkpoint_interval`` steps and when the call returns. Under ``torchrun`` the model is
-    wrapped in DistributedDataParallel and each process trains on its slice of every global
-    batch (:func:`draw_batch`); only rank 0 shows progress, calls back and writes checkpoints.
+    ``checkpoint_interval`` steps and when the call returns; with ``config.keep_best`` a second
+    checkpoint (:func:`best_checkpoint_path`) is written whenever the validation estimate reaches
+    a new low, so an overfitting run still leaves its best model behind. Under ``torchrun`` the
+    model is wrapped in DistributedDataParallel and each process trains on its slice of every
+    global batch (:func:`draw_batch`); only rank 0 shows progress, calls back and writes
+    checkpoints.
     """
+    if config.keep_best and checkpoint_path is None:
+        raise ValueError("keep_best=True needs a checkpoint_path: the best checkpoint is written beside it")
     dist_info = setup_distributed()
     raw = unwrap(model)
     device = get_device(None if config.device == "auto" else config.device)
@@ -575,11 +588,17 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor, config: 
     def run_eval(step: int) -> None:
         if step in history.eval_step:
             return
+        flush()                     # every process evaluates at the same steps, so this is collective
         kw = dict(seed=config.seed + 1, device=device, autocast=autocast)
         history.eval_train_loss.append(evaluate(raw, train_data, block_size, eval_bs, config.eval_iters, **kw))
-        history.val_loss.append(evaluate(raw, val_data, block_size, eval_bs, config.eval_iters, **kw))
+        val = evaluate(raw, val_data, block_size, eval_bs, config.eval_iters, **kw)
+        improved = val < history.best_val
+        history.val_loss.append(val)
         history.eval_step.append(step)
         if dist_info.is_main:
+            if config.keep_best and improved:
+                save_checkpoint(best_checkpoint_path(checkpoint_path), raw, optimizer, step, config,
+                                generator, history)
             for callback in callbacks:
                 callback(step, history, raw)
 
@@ -674,7 +693,8 @@ def run_from_config(config: dict, resume: bool = False, until_step: int | None =
                     progress: bool = True) -> History:
     """Train as a JSON config says: ``{"data": {...}, "model": {...GPTConfig but vocab_size},
     "train": {...TrainConfig}, "out_dir": "runs/name"}``. Writes ``out_dir/ckpt.pt`` and
-    ``out_dir/history.json``; ``resume`` continues from ``out_dir/ckpt.pt``."""
+    ``out_dir/history.json`` (and ``out_dir/ckpt.best.pt`` with ``"keep_best": true``);
+    ``resume`` continues from ``out_dir/ckpt.pt``."""
     unknown = sorted(set(config) - {"data", "model", "train", "out_dir"})
     if unknown:
         raise ValueError(f"unknown config sections: {', '.join(unknown)}; expected data, model, train, out_dir")
@@ -692,8 +712,9 @@ def run_from_config(config: dict, resume: bool = False, until_step: int | None =
     if setup_distributed().is_main:
         (out_dir / "history.json").write_text(json.dumps(history.to_dict()))
         last = history.val_loss[-1] if history.val_loss else float("nan")
+        best = f", best {best_checkpoint_path(ckpt)}" if train_cfg.keep_best else ""
         print(f"step {history.step[-1] + 1 if history.step else 0}: val loss {last:.4f} "
-              f"(best {history.best_val:.4f}); checkpoint {ckpt}")
+              f"(best {history.best_val:.4f}); checkpoint {ckpt}{best}")
     return history
 
 

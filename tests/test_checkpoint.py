@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gptlib.model import GPT, GPTConfig
-from gptlib.train import (CheckpointError, TrainConfig, load_checkpoint, model_from_checkpoint,
-                          read_checkpoint, save_checkpoint, train)
+from gptlib.train import (CheckpointError, TrainConfig, best_checkpoint_path, evaluate, load_checkpoint,
+                          model_from_checkpoint, read_checkpoint, save_checkpoint, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,3 +164,51 @@ def test_newer_version_is_refused(tmp_path):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="version 99"):
         read_checkpoint(path)
+
+
+def test_keep_best_needs_a_checkpoint_path():
+    tr, va = data()
+    with pytest.raises(ValueError, match="keep_best=True needs a checkpoint_path"):
+        train(GPT(tiny()), tr, va, TrainConfig(**{**RUN.__dict__, "keep_best": True}), progress=False)
+
+
+@pytest.mark.parametrize("val_kind", ["same pattern", "other text"])
+def test_keep_best_keeps_the_lowest_validation_checkpoint(tmp_path, val_kind):
+    """On held-out text like the training text the estimates fall; on unrelated random tokens they
+    rise once the model grows confident. Either way the best checkpoint holds the step of the
+    lowest estimate, and its weights reproduce that estimate."""
+    tr, va = data()
+    if val_kind == "other text":
+        va = torch.randint(0, 13, (300,), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(**{**RUN.__dict__, "keep_best": True, "max_steps": 24, "lr": 1e-2, "min_lr": 1e-3})
+    torch.manual_seed(1)
+    history = train(GPT(tiny()), tr, va, cfg, checkpoint_path=tmp_path / "run.pt", progress=False)
+    lowest = history.eval_step[history.val_loss.index(history.best_val)]
+    best_path = tmp_path / "run.best.pt"
+    assert best_checkpoint_path(tmp_path / "run.pt") == best_path
+    model, payload = model_from_checkpoint(best_path)
+    assert payload["step"] == lowest
+    if val_kind == "other text":
+        assert lowest < history.eval_step[-1], "the estimates on unrelated text should rise"
+    else:
+        assert lowest == history.eval_step[-1], "the estimates on held-out text like the training text should fall"
+    again = evaluate(model, va, 16, cfg.batch_size, cfg.eval_iters, seed=cfg.seed + 1)
+    assert again == pytest.approx(history.best_val, abs=1e-6)
+    assert read_checkpoint(tmp_path / "run.pt")["step"] == cfg.max_steps
+
+
+def test_keep_best_survives_a_resume(tmp_path):
+    """A run split in two keeps the same best checkpoint as one uninterrupted run."""
+    tr, _ = data()
+    va = torch.randint(0, 13, (300,), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(**{**RUN.__dict__, "keep_best": True, "max_steps": 24, "lr": 1e-2, "min_lr": 1e-3})
+    torch.manual_seed(1)
+    train(GPT(tiny()), tr, va, cfg, checkpoint_path=tmp_path / "whole.pt", progress=False)
+    torch.manual_seed(1)
+    train(GPT(tiny()), tr, va, cfg, checkpoint_path=tmp_path / "split.pt", until_step=10, progress=False)
+    train(GPT(tiny()), tr, va, cfg, checkpoint_path=tmp_path / "split.pt", resume_from=tmp_path / "split.pt",
+          progress=False)
+    whole, split = (read_checkpoint(tmp_path / f"{name}.best.pt") for name in ("whole", "split"))
+    assert whole["step"] == split["step"]
+    for key, value in whole["model"].items():
+        assert torch.equal(value, split["model"][key]), key
