@@ -31,7 +31,7 @@ def _config(tmp_path, name, batch_size):
     cfg = {"data": {"tokenizer": "char", "max_chars": 20000},
            "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32},
            "train": {"max_steps": 4, "batch_size": batch_size, "grad_accum_steps": 2, "warmup_steps": 1,
-                     "eval_interval": 2, "eval_iters": 1, "device": "cpu", "compile": False},
+                     "eval_interval": 2, "eval_iters": 1, "device": "cpu", "compile": False, "keep_best": True},
            "out_dir": str(tmp_path / name)}
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(cfg))
@@ -74,3 +74,6 @@ def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
     ddp_h = json.loads((tmp_path / "ddp" / "history.json").read_text())
     ref_h = json.loads((tmp_path / "single" / "history.json").read_text())
     assert ddp_h["train_loss"] == pytest.approx(ref_h["train_loss"], abs=1e-5)
+    # keep_best under DDP: rank 0 alone writes the best checkpoint, at the lowest estimate's step
+    lowest = ddp_h["eval_step"][ddp_h["val_loss"].index(min(ddp_h["val_loss"]))]
+    assert read_checkpoint(tmp_path / "ddp" / "ckpt.best.pt")["step"] == lowest
