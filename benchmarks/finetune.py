@@ -29,26 +29,18 @@ def main(argv=None) -> int:
 
     import torch
     from gptlib.datasets import load_text
-    from gptlib.finetune import (ClassificationData, exact_match, finetune_run, make_forgery_task,
-                                 pretrained_char_model, sft_pair, train_sft)
+    from gptlib.finetune import (SETTINGS_BY_PROFILE, ClassificationData, exact_match, finetune_run,
+                                 make_forgery_task, pretrained_char_model, sft_pair, train_sft)
     from gptlib.model import GPT, GPTConfig
     from gptlib.runtime import by_profile, get_device
     from gptlib.tokenizer import CharTokenizer
 
-    # the same sizes as the notebook's cfg cell
-    cfg = by_profile(
-        smoke=dict(n_layer=1, n_head=2, n_embd=32, pretrain_steps=40, pretrain_batch=8,
-                   n_train_per_class=8, n_test=60, ft_steps=15, ft_batch=16, lora_r=2, sft_steps=20, n_sft_test=16),
-        cpu=dict(n_layer=4, n_head=4, n_embd=128, pretrain_steps=2000, pretrain_batch=32,
-                 n_train_per_class=64, n_test=None, ft_steps=100, ft_batch=32, lora_r=3, sft_steps=200, n_sft_test=200),
-        gpu=dict(n_layer=6, n_head=6, n_embd=384, pretrain_steps=3000, pretrain_batch=64,
-                 n_train_per_class=64, n_test=None, ft_steps=200, ft_batch=32, lora_r=8, sft_steps=600, n_sft_test=None),
-    )
+    cfg = by_profile(**SETTINGS_BY_PROFILE)            # the notebook's sizes for this profile
     device = get_device()
     text = load_text("tinyshakespeare")
     tok = CharTokenizer(text)
     task = make_forgery_task(text, n_train_per_class=cfg["n_train_per_class"], max_chars=64, n_test=cfg["n_test"])
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=cfg["n_layer"],
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                        n_head=cfg["n_head"], n_embd=cfg["n_embd"])
     t0 = time.perf_counter()
     pretrained, info = pretrained_char_model(task.pretrain_text, tok, config, cfg["pretrain_steps"],
