@@ -450,6 +450,11 @@ class History:
         """The lowest validation loss seen (inf before the first evaluation)."""
         return min(self.val_loss, default=math.inf)
 
+    @property
+    def best_step(self) -> int | None:
+        """The step of the lowest validation loss (None before the first evaluation)."""
+        return self.eval_step[self.val_loss.index(self.best_val)] if self.val_loss else None
+
 # %% ../notebooks/06_training.ipynb #ch06-032
 @dataclass(frozen=True)
 class DistInfo:

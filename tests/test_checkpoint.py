@@ -166,10 +166,18 @@ def test_newer_version_is_refused(tmp_path):
         read_checkpoint(path)
 
 
+KEEP_BEST = TrainConfig(**{**RUN.__dict__, "keep_best": True, "max_steps": 24, "lr": 1e-2, "min_lr": 1e-3})
+
+
+def unrelated_val():
+    """Random tokens: held-out "text" the training pattern says nothing about."""
+    return torch.randint(0, 13, (300,), generator=torch.Generator().manual_seed(0))
+
+
 def test_keep_best_needs_a_checkpoint_path():
     tr, va = data()
     with pytest.raises(ValueError, match="keep_best=True needs a checkpoint_path"):
-        train(GPT(tiny()), tr, va, TrainConfig(**{**RUN.__dict__, "keep_best": True}), progress=False)
+        train(GPT(tiny()), tr, va, KEEP_BEST, progress=False)
 
 
 @pytest.mark.parametrize("val_kind", ["same pattern", "other text"])
@@ -179,11 +187,10 @@ def test_keep_best_keeps_the_lowest_validation_checkpoint(tmp_path, val_kind):
     lowest estimate, and its weights reproduce that estimate."""
     tr, va = data()
     if val_kind == "other text":
-        va = torch.randint(0, 13, (300,), generator=torch.Generator().manual_seed(0))
-    cfg = TrainConfig(**{**RUN.__dict__, "keep_best": True, "max_steps": 24, "lr": 1e-2, "min_lr": 1e-3})
+        va = unrelated_val()
     torch.manual_seed(1)
-    history = train(GPT(tiny()), tr, va, cfg, checkpoint_path=tmp_path / "run.pt", progress=False)
-    lowest = history.eval_step[history.val_loss.index(history.best_val)]
+    history = train(GPT(tiny()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "run.pt", progress=False)
+    lowest = history.best_step
     best_path = tmp_path / "run.best.pt"
     assert best_checkpoint_path(tmp_path / "run.pt") == best_path
     model, payload = model_from_checkpoint(best_path)
@@ -192,21 +199,19 @@ def test_keep_best_keeps_the_lowest_validation_checkpoint(tmp_path, val_kind):
         assert lowest < history.eval_step[-1], "the estimates on unrelated text should rise"
     else:
         assert lowest == history.eval_step[-1], "the estimates on held-out text like the training text should fall"
-    again = evaluate(model, va, 16, cfg.batch_size, cfg.eval_iters, seed=cfg.seed + 1)
+    again = evaluate(model, va, 16, KEEP_BEST.batch_size, KEEP_BEST.eval_iters, seed=KEEP_BEST.seed + 1)
     assert again == pytest.approx(history.best_val, abs=1e-6)
-    assert read_checkpoint(tmp_path / "run.pt")["step"] == cfg.max_steps
+    assert read_checkpoint(tmp_path / "run.pt")["step"] == KEEP_BEST.max_steps
 
 
 def test_keep_best_survives_a_resume(tmp_path):
     """A run split in two keeps the same best checkpoint as one uninterrupted run."""
-    tr, _ = data()
-    va = torch.randint(0, 13, (300,), generator=torch.Generator().manual_seed(0))
-    cfg = TrainConfig(**{**RUN.__dict__, "keep_best": True, "max_steps": 24, "lr": 1e-2, "min_lr": 1e-3})
+    tr, va = data()[0], unrelated_val()
     torch.manual_seed(1)
-    train(GPT(tiny()), tr, va, cfg, checkpoint_path=tmp_path / "whole.pt", progress=False)
+    train(GPT(tiny()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "whole.pt", progress=False)
     torch.manual_seed(1)
-    train(GPT(tiny()), tr, va, cfg, checkpoint_path=tmp_path / "split.pt", until_step=10, progress=False)
-    train(GPT(tiny()), tr, va, cfg, checkpoint_path=tmp_path / "split.pt", resume_from=tmp_path / "split.pt",
+    train(GPT(tiny()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "split.pt", until_step=10, progress=False)
+    train(GPT(tiny()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "split.pt", resume_from=tmp_path / "split.pt",
           progress=False)
     whole, split = (read_checkpoint(tmp_path / f"{name}.best.pt") for name in ("whole", "split"))
     assert whole["step"] == split["step"]
