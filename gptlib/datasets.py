@@ -4,7 +4,8 @@ Hand-written (not exported from a notebook).
 
 * Each data set has one canonical address, a size and a SHA-256 digest (``DATASETS``).
 * ``GPTLIB_DATA_DIR`` (if set) is searched first: a folder holding a mirror, e.g. for offline use.
-  The cache folder is ``GPTLIB_DATA_DIR`` when it is set, else ``~/.cache/gptlib``.
+  The cache folder is ``GPTLIB_DATA_DIR`` when it is set, else ``~/.cache/gptlib/data``
+  (models the chapters train are kept apart, see :func:`gptlib.runtime.artifact_dir`).
 * A download is written to a temporary file beside its target, checked, then renamed into place,
   so the cache never holds a partial or corrupt file.
 * Offline with no copy, one clear error says what to download and where to put it.
@@ -54,12 +55,12 @@ class ChecksumError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Where downloads are kept: ``GPTLIB_DATA_DIR`` if set, else ``~/.cache/gptlib``."""
+    """Where downloads are kept: ``GPTLIB_DATA_DIR`` if set, else ``~/.cache/gptlib/data``."""
     env = os.environ.get("GPTLIB_DATA_DIR")
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gptlib"
+    return Path(base) / "gptlib" / "data"
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

@@ -5,6 +5,10 @@ Hand-written (not exported from a notebook). A chapter picks its sizes in one vi
     from gptlib.runtime import by_profile
     steps = by_profile(smoke=20, cpu=2000, gpu=5000)
 
+It also holds the few small rules every module shares, written once: :func:`positive_int`
+(argument checking), :func:`atomic_write` (files appear whole or not at all) and
+:func:`artifact_dir` (where models the course trains for reuse are kept, apart from downloads).
+
 Profiles
 --------
 ``smoke``  seconds per notebook; the tests use it. Still real work: a loss must still fall.
@@ -17,14 +21,17 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 PROFILES = ("smoke", "cpu", "gpu")
 
-__all__ = ["PROFILES", "get_device", "get_profile", "by_profile", "seed_everything", "describe"]
+__all__ = ["PROFILES", "get_device", "get_profile", "by_profile", "seed_everything", "describe",
+           "positive_int", "atomic_write", "artifact_dir"]
 
 
 def _mps_available() -> bool:
@@ -93,3 +100,48 @@ def describe() -> str:
         extra = f" ({torch.cuda.get_device_name(device)})"
     return (f"gptlib profile={get_profile()} device={device}{extra} "
             f"torch={torch.__version__} threads={torch.get_num_threads()}")
+
+
+def positive_int(name: str, value: Any) -> int:
+    """Return ``value`` if it is an int >= 1 (not a bool); else raise a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write a file so that it appears whole or not at all.
+
+    ``write(tmp)`` writes the content to a temporary path in the target's folder; the file is
+    then flushed to disk and renamed over ``path`` (a rename is atomic on one file system). If
+    ``write`` raises, the target is untouched and the temporary file is removed. The new file
+    gets the usual permissions (0o644 less the umask), not ``mkstemp``'s private 0o600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o644 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def artifact_dir() -> Path:
+    """Where computed artefacts (models a chapter trains for later reuse) are kept:
+    ``GPTLIB_CACHE_DIR`` if set, else ``~/.cache/gptlib/artifacts``. Never the data folder,
+    which holds only downloaded files (and may be a read-only mirror)."""
+    env = os.environ.get("GPTLIB_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gptlib" / "artifacts"

@@ -101,4 +101,4 @@ def test_mirror_is_used_when_present(monkeypatch):
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("GPTLIB_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert datasets.cache_dir() == tmp_path / "gptlib"
+    assert datasets.cache_dir() == tmp_path / "gptlib" / "data"

@@ -66,3 +66,39 @@ def test_seed_everything_repeats():
 def test_describe_names_profile_and_device():
     text = runtime.describe()
     assert "profile=" in text and "device=" in text and torch.__version__ in text
+
+
+def test_positive_int_names_the_argument():
+    from gptlib.runtime import positive_int
+    assert positive_int("n", 3) == 3
+    for bad in (0, -1, True, 2.0, "3", None):
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            positive_int("n", bad)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    from gptlib.runtime import atomic_write
+    target = tmp_path / "sub" / "f.txt"
+    atomic_write(target, lambda p: p.write_text("one"))
+    assert target.read_text() == "one"
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)
+
+    def fail(p):
+        p.write_text("half")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail)
+    assert target.read_text() == "one"
+    assert sorted(x.name for x in target.parent.iterdir()) == ["f.txt"]
+
+
+def test_artifact_dir_is_apart_from_the_data_dir(monkeypatch, tmp_path):
+    from gptlib import datasets
+    from gptlib.runtime import artifact_dir
+    monkeypatch.delenv("GPTLIB_CACHE_DIR", raising=False)
+    monkeypatch.delenv("GPTLIB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert artifact_dir() == tmp_path / "gptlib" / "artifacts"
+    assert datasets.cache_dir() != artifact_dir()
+    monkeypatch.setenv("GPTLIB_CACHE_DIR", str(tmp_path / "mine"))
+    assert artifact_dir() == tmp_path / "mine"
