@@ -66,14 +66,14 @@ test-browser: $(STAMP)
 	BOOK_HTML=_build/smoke/_build/html $(PY) -m pytest -q tests/browser
 
 export: $(STAMP)
-	$(PY) -m gptlib.export
+	$(PY) -m tools.export
 
 student: $(STAMP)
-	$(PY) -m gptlib.student --out _build/student
+	$(PY) -m tools.student --out _build/student
 
 grade: $(STAMP)
 	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS='path/to/*.ipynb'"; exit 2)
-	$(PY) -m gptlib.grade $(SUBMISSIONS) --out _build/gradebook
+	$(PY) -m tools.grade $(SUBMISSIONS) --out _build/gradebook
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks
@@ -83,7 +83,7 @@ bench: $(STAMP)
 
 configure: $(STAMP)
 	@test -n "$(REPO)" || (echo "usage: make configure REPO=https://github.com/you/your-fork [BRANCH=main]"; exit 2)
-	$(PY) -m gptlib.course configure $(REPO) $(BRANCH)
+	$(PY) -m tools.course configure $(REPO) $(BRANCH)
 
 clean:
 	rm -rf _build

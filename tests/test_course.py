@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from gptlib import course
+from tools import course
 
 ROOT = Path(__file__).resolve().parent.parent
 

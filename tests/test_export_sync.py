@@ -3,7 +3,7 @@ from pathlib import Path
 
 import nbformat
 
-from gptlib import export
+from tools import export
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,8 @@ import nbformat
 import pytest
 import yaml
 
-from gptlib import course, exercises, export
+from gptlib import exercises
+from tools import course, export
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = course.notebooks(ROOT)
@@ -46,7 +47,7 @@ def test_starts_with_title_and_colab_setup_cell(path):
     setup = course.first_code_cell(nb)
     assert setup.source == course.setup_cell_source(), (
         f"{path.name}: the first code cell must be the Colab setup cell for "
-        f"{course.repository_url()} (python -m gptlib.course setup-cell prints it)")
+        f"{course.repository_url()} (python -m tools.course setup-cell prints it)")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from gptlib import course, grade, student
+from tools import course, grade, student
 from gptlib.exercises import registry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from gptlib import course
+from tools import course
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))

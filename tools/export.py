@@ -5,8 +5,8 @@ start with ``#| export`` go into the module named by the notebook's ``#| default
 through nbdev's ``nb_export``. A notebook may own more than one module: each ``#| default_exp``
 cell starts a new section, and the ``#| export`` cells after it go into that module.
 
-    python -m gptlib.export            # rewrite gptlib/<module>.py from notebooks/*.ipynb
-    python -m gptlib.export --check    # exit 1 and name the modules that differ
+    python -m tools.export            # rewrite gptlib/<module>.py from notebooks/*.ipynb
+    python -m tools.export --check    # exit 1 and name the modules that differ
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools import ROOT
 _DIRECTIVE = re.compile(r"^\s*#\|\s*(\w+)(.*)$")
 
 __all__ = ["chapter_notebooks", "module_sections", "export_notebook", "export_all", "out_of_sync"]

@@ -7,7 +7,7 @@ with ``raise NotImplementedError`` at the same indentation, clears every output,
 exercise cell. The notebook still runs top to bottom: the check reports "not done" and the rest of
 the chapter uses gptlib's reference implementation.
 
-    python -m gptlib.student [--out _build/student] [NOTEBOOK ...]
+    python -m tools.student [--out _build/student] [NOTEBOOK ...]
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools import ROOT
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 _BEGIN_RE = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")

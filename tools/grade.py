@@ -2,7 +2,7 @@
 
 Hand-written (not exported from a notebook).
 
-    python -m gptlib.grade SUBMISSION.ipynb [...] [--out DIR] [--timeout SECONDS]
+    python -m tools.grade SUBMISSION.ipynb [...] [--out DIR] [--timeout SECONDS]
 
 Each submission runs in a fresh kernel (nbclient) in its own process, in the ``smoke`` profile
 unless ``GPTLIB_PROFILE`` says otherwise, with a time limit for the whole notebook. Every call to
@@ -95,7 +95,9 @@ def grade_notebook(path: Path, timeout: float = 900.0) -> GradeReport:
         log = Path(tmp) / "checks.jsonl"
         env = dict(os.environ, GPTLIB_GRADE_LOG=str(log))
         env.setdefault("GPTLIB_PROFILE", "smoke")
-        cmd = [sys.executable, "-m", "gptlib.grade", "--run-one", str(work), str(log),
+        # the child runs this file as a script: it needs neither the repository on sys.path
+        # nor a working directory other than the submission's own temporary folder
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", str(work), str(log),
                "--timeout", str(int(timeout))]
         proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -2,7 +2,7 @@
 
 Hand-written (not exported from a notebook). ``_config.yml`` holds the repository url; every
 notebook's first code cell installs gptlib from it on Colab and does nothing elsewhere.
-``python -m gptlib.course configure https://github.com/you/fork`` (``make configure REPO=…``)
+``python -m tools.course configure https://github.com/you/fork`` (``make configure REPO=…``)
 rewrites both, so a fork's launch buttons and installs point at the fork.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools import ROOT
 CONFIG = ROOT / "_config.yml"
 _URL_LINE = re.compile(r"^(\s*url:\s*)(\S+)\s*$", re.M)
 _BRANCH_LINE = re.compile(r"^(\s*branch:\s*)(\S+)\s*$", re.M)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv == ["setup-cell"]:
         print(setup_cell_source())
         return 0
-    print("usage: python -m gptlib.course configure URL [BRANCH] | setup-cell", file=sys.stderr)
+    print("usage: python -m tools.course configure URL [BRANCH] | setup-cell", file=sys.stderr)
     return 2
 
 
