@@ -25,10 +25,11 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 help:
 	@sed -n '1,5p' Makefile
 
-$(STAMP): requirements.txt pyproject.toml
+# The tested versions: requirements.txt names what we use, constraints.txt pins every version.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	touch $@
 
 setup: $(STAMP)
