@@ -5,34 +5,26 @@ import pytest
 import torch
 from torch import nn
 
-from gptlib.embeddings import (PositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding,
+from gptlib.embeddings import (INIT_STD, PositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding,
                                one_hot_embed, position_similarity, sinusoidal_encoding)
 
 
-def test_token_embedding_is_an_nn_embedding_with_checked_input():
+def test_token_embedding_is_a_plain_nn_embedding_with_gpt2_init():
     emb = TokenEmbedding(50, 16)
     assert isinstance(emb, nn.Embedding) and emb.weight.shape == (50, 16)
     assert emb.vocab_size == 50 and emb.n_embd == 16
     assert 0.01 < emb.weight.std().item() < 0.03            # GPT-2 initialisation
+    assert TokenEmbedding(50, 16, init_std=0.5).weight.std().item() > 0.3
+    assert INIT_STD == 0.02
     idx = torch.tensor([[1, 2, 49], [0, 0, 7]])
     assert torch.equal(emb(idx), emb.weight[idx])
     assert list(dict(emb.named_parameters())) == ["weight"]
+    # The lookup is not checked again on every call: the ids are validated where they come in
+    # (GPT.forward, get_batch), so the forward pass has no host sync.
+    assert type(emb).forward is nn.Embedding.forward
 
 
-@pytest.mark.parametrize("idx, phrase", [
-    (torch.tensor([[0, 50]]), r"\[0, 50\)"),
-    (torch.tensor([[-1, 3]]), r"\[0, 50\)"),
-    (torch.tensor([[0.0, 1.0]]), "integer tensor"),
-    (torch.tensor([[True]]), "integer tensor"),
-])
-def test_token_embedding_rejects_bad_ids(idx, phrase):
-    with pytest.raises(ValueError, match=phrase):
-        TokenEmbedding(50, 16)(idx)
-
-
-def test_token_embedding_rejects_non_tensors_and_bad_sizes():
-    with pytest.raises(TypeError, match="torch.Tensor"):
-        TokenEmbedding(5, 4)([1, 2])
+def test_token_embedding_rejects_bad_sizes():
     for args in ((0, 4), (5, 0), (5.0, 4)):
         with pytest.raises(ValueError, match="positive int"):
             TokenEmbedding(*args)
@@ -52,6 +44,18 @@ def test_one_hot_embed_equals_lookup_and_gives_the_same_gradient():
         one_hot_embed(idx, torch.randn(11))
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         one_hot_embed(idx, torch.randn(4, 5))
+
+
+@pytest.mark.parametrize("idx, error, phrase", [
+    (torch.tensor([[0, 50]]), ValueError, r"\[0, 50\)"),
+    (torch.tensor([[-1, 3]]), ValueError, r"\[0, 50\)"),
+    (torch.tensor([[0.0, 1.0]]), ValueError, "integer tensor"),
+    (torch.tensor([[True]]), ValueError, "integer tensor"),
+    ([1, 2], TypeError, "torch.Tensor"),
+])
+def test_one_hot_embed_rejects_bad_ids(idx, error, phrase):
+    with pytest.raises(error, match=phrase):
+        one_hot_embed(idx, torch.randn(50, 4))
 
 
 @pytest.mark.parametrize("cls", [PositionalEmbedding, SinusoidalPositionalEncoding])
