@@ -102,6 +102,14 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2).contiguous().view(B, T, n_head * h)
 
 # %% ../notebooks/04_attention.ipynb #ch04-023
+def _causal_mask_after(past: int, T: int, device=None) -> torch.Tensor:
+    """The causal mask of T new queries that follow ``past`` cached positions: (T, past + T),
+    True where new query i (at position past + i) may attend to key j, i.e. j <= past + i."""
+    if past == 0:
+        return causal_mask(T, device=device)
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused q|k|v projection (GPT-2 layout).
 
@@ -115,7 +123,9 @@ class CausalSelfAttention(nn.Module):
 
     ``forward(x)`` takes x (B, T, C) and returns y (B, T, C), using
     ``F.scaled_dot_product_attention(is_causal=True)``. ``forward(x, need_weights=True)`` uses the
-    explicit from-scratch path and returns ``(y, weights)`` with weights (B, n_head, T, T).
+    explicit from-scratch path and returns ``(y, weights)`` with weights (B, n_head, T, T_k).
+    ``forward(x, cache=layer_cache)`` is how generation reuses earlier tokens (Chapter 7): x holds
+    only the new tokens, ``cache`` this layer's keys and values of the earlier ones.
     """
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
@@ -155,15 +165,33 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False):
+    def forward(self, x: torch.Tensor, need_weights: bool = False, cache=None):
+        """Causal self-attention of x (B, T, C) -> y (B, T, C) (and the weights if asked).
+
+        ``cache`` (optional) holds this layer's keys and values of ``cache.length`` earlier
+        positions; ``cache.update(k, v)`` appends the new tokens' keys and values and returns those
+        of every position so far. x is then the next T tokens, at positions ``past .. past+T-1``:
+        new query i may attend to keys ``0 .. past + i``.
+        """
         self._check_input(x)
         q, k, v = self.qkv(x)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(k, v)                   # (B, n_head, past + T, head_size)
+        T = x.shape[1]
         if need_weights:
-            weights = attention_weights(q, k, causal_mask(x.shape[1], device=x.device))
+            weights = attention_weights(q, k, _causal_mask_after(past, T, x.device))
             y = self.attn_dropout(weights) @ v
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+            p = self.dropout if self.training else 0.0
+            if past == 0:       # no earlier tokens: the ordinary causal mask
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            elif T == 1:        # one new token sees every position: nothing to mask
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            else:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=_causal_mask_after(past, T, x.device), dropout_p=p)
         y = self.resid_dropout(self.c_proj(merge_heads(y)))
         return (y, weights) if need_weights else y
 

@@ -106,7 +106,8 @@ class Block(nn.Module):
         x = x + mlp(ln_2(x))
 
     ``config`` is any object with ``n_embd``, ``n_head``, ``dropout``, ``bias`` and
-    ``block_size`` (normally a :class:`gptlib.model.GPTConfig`).
+    ``block_size`` (normally a :class:`gptlib.model.GPTConfig`). ``cache`` is handed to the
+    attention layer unchanged (Chapter 7's KV cache: x then holds only the new tokens).
     """
 
     def __init__(self, config):
@@ -117,8 +118,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config.n_embd, dropout=config.dropout, bias=config.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))   # tokens talk to each other
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache=cache)   # tokens talk to each other
         x = x + self.mlp(self.ln_2(x))    # each token thinks on its own
         return x
 
@@ -130,7 +131,7 @@ class PostLNBlock(Block):
         x = ln_2(x + mlp(x))
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ln_1(x + self.attn(x))
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        x = self.ln_1(x + self.attn(x, cache=cache))
         x = self.ln_2(x + self.mlp(x))
         return x

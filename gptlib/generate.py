@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['check_sampling_args', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'next_token_probs', 'sample_next',
-           'generate', 'stream', 'KVCache', 'forward_with_cache']
+           'generate', 'stream', 'LayerKVCache', 'KVCache']
 
 # %% ../notebooks/07_sampling.ipynb #ch07-013
 import math
@@ -147,12 +147,6 @@ def _as_stop_tokens(stop_tokens) -> Optional[torch.Tensor]:
     return torch.tensor([int(t) for t in values], dtype=torch.long)
 
 
-@torch.no_grad()
-def _last_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """Logits (B, vocab_size) of the last position, recomputing the whole context."""
-    return model.lm_head(model.hidden_states(idx)[:, -1])
-
-
 def _check_generate_args(max_new_tokens, temperature, top_k, top_p, stop_tokens):
     check_sampling_args(temperature, top_k, top_p)
     if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
@@ -183,14 +177,15 @@ def _generate_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
     try:
         for step in range(max_new_tokens):
             if cache is None:
-                logits = _last_logits(model, idx[:, -block_size:])
-            else:
-                if step == 0 or len(cache) == block_size:   # empty, or full: (re)fill the window
-                    cache.reset()
-                    feed = idx[:, -block_size:]
-                else:                                      # only the token chosen last step
-                    feed = idx[:, -1:]
-                logits = model.lm_head(forward_with_cache(model, feed, cache)[:, -1])
+                feed = idx[:, -block_size:]                # the whole (cropped) context
+            elif step == 0 or len(cache) == block_size:    # empty, or full: (re)fill the window
+                cache.reset()
+                feed = idx[:, -block_size:]
+            else:                                          # only the token chosen last step
+                feed = idx[:, -1:]
+            with torch.no_grad():
+                logits, _ = model(feed, cache=cache)
+            logits = logits[:, -1]
             nxt = sample_next(logits, temperature, top_k, top_p, generator).view(-1)
             if stops is not None:
                 nxt = torch.where(done, pad, nxt)           # finished rows repeat their stop token
@@ -251,97 +246,52 @@ def stream(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.0,
     return (int(t[0]) for t in steps)
 
 # %% ../notebooks/07_sampling.ipynb #ch07-045
-class KVCache:
-    """The keys and values of every token seen so far, for each layer of a GPT.
+class LayerKVCache:
+    """One attention layer's keys and values, (B, n_head, capacity, head_size) each, allocated on
+    the first :meth:`update` and reused; the first ``length`` positions are filled."""
 
-    ``keys[l]`` and ``values[l]`` are preallocated tensors (B, n_head, capacity, head_size);
-    the first ``length`` positions are filled. A forward pass writes the new tokens' keys and
-    values of every layer with :meth:`update`, then calls :meth:`advance` once.
-    """
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.keys: Optional[torch.Tensor] = None
+        self.values: Optional[torch.Tensor] = None
 
-    def __init__(self, n_layer: int, capacity: int):
-        self.n_layer, self.capacity = n_layer, capacity
-        self.keys: list = [None] * n_layer
-        self.values: list = [None] * n_layer
-        self.length = 0
-
-    def __len__(self) -> int:
-        return self.length
-
-    def reset(self) -> None:
-        """Forget every cached position (the memory is kept for reuse)."""
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store the new keys/values (B, n_head, T, head_size) of ``layer`` after the cached ones;
-        return the keys and values of all positions so far, (B, n_head, length + T, head_size)."""
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values (B, n_head, T, head_size) after the cached ones; return the
+        keys and values of every position so far, (B, n_head, length, head_size)."""
         start, end = self.length, self.length + k.size(2)
         if end > self.capacity:
             raise ValueError(f"the KV cache holds {self.capacity} positions; {end} were asked for")
-        if self.keys[layer] is None or self.keys[layer].shape[0] != k.shape[0]:
+        if self.keys is None or self.keys.shape[0] != k.shape[0] or self.keys.dtype != k.dtype:
             shape = (k.size(0), k.size(1), self.capacity, k.size(3))
-            self.keys[layer] = k.new_empty(shape)
-            self.values[layer] = v.new_empty(shape)
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+            self.keys, self.values = k.new_empty(shape), v.new_empty(shape)
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def advance(self, n: int) -> None:
-        """Mark ``n`` more positions as filled (after every layer has stored them)."""
-        self.length += n
+
+class KVCache:
+    """The keys and values of every token seen so far, one :class:`LayerKVCache` per layer.
+
+    Pass it to the model: ``model(idx, cache=cache)`` runs only the new tokens ``idx``, at
+    positions ``len(cache) ..``; each block's attention reads its layer's cache and appends to it.
+    """
+
+    def __init__(self, n_layer: int, capacity: int):
+        self.capacity = capacity
+        self.layers = [LayerKVCache(capacity) for _ in range(n_layer)]
+
+    def __len__(self) -> int:
+        """The number of positions cached (the same in every layer)."""
+        return self.layers[0].length
+
+    def reset(self) -> None:
+        """Forget every cached position (the memory is kept for reuse)."""
+        for layer in self.layers:
+            layer.length = 0
 
     def nbytes(self) -> int:
         """Memory held by the cache tensors, in bytes."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+        return sum(t.numel() * t.element_size() for layer in self.layers
+                   for t in (layer.keys, layer.values) if t is not None)
 
-# %% ../notebooks/07_sampling.ipynb #ch07-047
-def _attend_with_cache(attn: nn.Module, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-    """``attn``'s causal self-attention for the new tokens x (B, T, C), whose earlier context
-    sits in ``cache``: q, k, v from ``attn.c_attn`` for the new tokens only, the new k, v
-    appended to the cache, new queries attending to every cached key (causally within x)."""
-    B, T, C = x.shape
-    n_head = attn.n_head
-    q, k, v = attn.c_attn(x).split(attn.n_embd, dim=2)
-    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
-    past = cache.length
-    k, v = cache.update(layer, k, v)                           # (B, n_head, past + T, head_size)
-    if T == 1:      # one new token: it may see every position, no mask needed
-        y = F.scaled_dot_product_attention(q, k, v)
-    elif past == 0:  # a prompt on an empty cache: ordinary causal attention
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:           # new query i sits at position past + i and sees keys 0 .. past + i
-        allowed = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-    y = y.transpose(1, 2).contiguous().view(B, T, C)
-    return attn.resid_dropout(attn.c_proj(y))
-
-
-def _is_post_ln(block: nn.Module) -> bool:
-    from gptlib.block import PostLNBlock
-    return isinstance(block, PostLNBlock)
-
-
-@torch.no_grad()
-def forward_with_cache(model: nn.Module, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Run ``model``'s weights on the new tokens ``idx`` (B, T) only, reusing ``cache`` for the
-    earlier ones; return the final hidden states (B, T, n_embd) after ``ln_f``.
-
-    The new tokens take the absolute positions ``len(cache) .. len(cache) + T - 1``.
-    """
-    B, T = idx.shape
-    start = cache.length
-    if start + T > model.config.block_size:
-        raise ValueError(f"positions {start}..{start + T - 1} do not fit block_size "
-                         f"{model.config.block_size}: reset the cache and crop the context")
-    tr = model.transformer
-    pos = torch.arange(start, start + T, device=idx.device)
-    x = tr.drop(tr.wte(idx) + tr.wpe.weight[pos])
-    for layer, block in enumerate(tr.h):
-        if _is_post_ln(block):
-            x = block.ln_1(x + _attend_with_cache(block.attn, x, cache, layer))
-            x = block.ln_2(x + block.mlp(x))
-        else:  # Pre-LN, as GPT-2
-            x = x + _attend_with_cache(block.attn, block.ln_1(x), cache, layer)
-            x = x + block.mlp(block.ln_2(x))
-    cache.advance(T)
-    return tr.ln_f(x)

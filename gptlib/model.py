@@ -111,51 +111,59 @@ class GPT(nn.Module):
         nn.init.normal_(self.transformer.wte.weight, 0.0, std)
         nn.init.normal_(self.transformer.wpe.weight, 0.0, std)
 
-    def _check_ids(self, idx: torch.Tensor, what: str = "idx", allow_ignore: bool = False) -> None:
+    def _check_ids(self, idx: torch.Tensor, start: int) -> None:
+        """Shape, dtype and length of the ids: the model's own contract. The id values are checked
+        only on the CPU, where that costs no wait; on a GPU an out-of-range id stops the kernel
+        with a device-side assert (tokenizers, ``get_batch`` and ``generate`` check their ids)."""
         if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"{what} must be a tensor of token ids, got {type(idx).__name__}")
+            raise TypeError(f"idx must be a tensor of token ids, got {type(idx).__name__}")
         if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise TypeError(f"{what} must hold integer token ids, got dtype {idx.dtype}")
+            raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
         if idx.dim() != 2:
-            raise ValueError(f"{what} must have shape (batch, time), got {tuple(idx.shape)}; "
+            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}; "
                              "for one sequence use idx[None]")
         T, bs = idx.shape[1], self.config.block_size
         if T == 0:
-            raise ValueError(f"{what} is empty: give at least one token")
-        if T > bs:
-            raise ValueError(f"sequence length {T} exceeds block_size {bs}: "
+            raise ValueError("idx is empty: give at least one token")
+        if start + T > bs:
+            where = f" after {start} cached positions" if start else ""
+            raise ValueError(f"sequence length {start + T}{where} exceeds block_size {bs}: "
                              f"keep only the last {bs} tokens, e.g. idx[:, -{bs}:]")
-        if torch.compiler.is_compiling() or idx.numel() == 0:
-            return
-        V = self.config.vocab_size
-        bad = (idx < 0) | (idx >= V)
-        if allow_ignore:
-            bad &= idx != -100
-        if bool(bad.any()):
-            value = int(idx[bad][0])
-            raise ValueError(f"{what} contains token id {value}, outside [0, {V - 1}] "
-                             f"(vocab_size={V})" + (" and not the ignore index -100" if allow_ignore else ""))
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling():
+            V = self.config.vocab_size
+            bad = (idx < 0) | (idx >= V)
+            if bad.any():
+                raise ValueError(f"idx contains token id {int(idx[bad][0])}, outside [0, {V - 1}] "
+                                 f"(vocab_size={V})")
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
-        """The final hidden states (B, T, n_embd), after ``ln_f`` and before the LM head."""
-        self._check_ids(idx)
+    def hidden_states(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+        """The final hidden states (B, T, n_embd), after ``ln_f`` and before the LM head.
+
+        ``cache`` (Chapter 7's ``KVCache``) holds the keys and values of ``len(cache)`` earlier
+        tokens: ``idx`` is then the next tokens, at positions ``len(cache) ..``, and each block's
+        attention reads and extends its layer of the cache.
+        """
+        start = 0 if cache is None else len(cache)
+        self._check_ids(idx, start)
         tr = self.transformer
-        x = tr.drop(tr.wte(idx) + tr.wpe(idx))  # (B, T, C) + (T, C)
-        for block in tr.h:
-            x = block(x)
+        pos = tr.wpe(idx) if start == 0 else tr.wpe.weight[start:start + idx.shape[1]]  # (T, C)
+        x = tr.drop(tr.wte(idx) + pos)                                                     # (B, T, C)
+        layers = [None] * len(tr.h) if cache is None else cache.layers
+        for block, layer_cache in zip(tr.h, layers):
+            x = block(x, cache=layer_cache)
         return tr.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for token ids ``idx`` (B, T), and the mean cross-entropy
-        loss when ``targets`` (B, T) are given (positions with target -100 are ignored)."""
-        logits = self.lm_head(self.hidden_states(idx))
+        loss when ``targets`` (B, T) are given (positions with target ``IGNORE_INDEX`` are
+        ignored). ``cache``: see :meth:`hidden_states`."""
+        logits = self.lm_head(self.hidden_states(idx, cache))
         if targets is None:
             return logits, None
         if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
             got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {got}")
-        self._check_ids(targets, "targets", allow_ignore=True)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
         return logits, loss

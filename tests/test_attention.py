@@ -189,3 +189,19 @@ def test_fully_masked_row_gives_zero_weights_not_nan(g):
     out, w = scaled_dot_product_attention(q, k, v, mask=mask)
     assert not torch.isnan(out).any()
     assert (w[0, 0] == 0).all() and (out[0, 0] == 0).all()
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_cache_pieces_equal_one_pass(g, need_weights):
+    from gptlib.generate import LayerKVCache
+    attn = CausalSelfAttention(32, 4).eval().double()
+    x = torch.randn(2, 11, 32, generator=g, dtype=torch.float64)
+    cache = LayerKVCache(capacity=16)
+    with torch.no_grad():
+        pieces = []
+        for a, b in [(0, 4), (4, 5), (5, 9), (9, 11)]:     # a prompt, one token, a refill-sized chunk
+            out = attn(x[:, a:b], need_weights=need_weights, cache=cache)
+            pieces.append(out[0] if need_weights else out)
+        full = attn(x)
+    assert cache.length == 11
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full)

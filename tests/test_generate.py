@@ -5,9 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlib.block import PostLNBlock
-from gptlib.generate import (KVCache, apply_temperature, check_sampling_args, forward_with_cache,
-                             generate, next_token_probs, sample_next, stream, top_k_filter,
+from gptlib.block import Block, PostLNBlock
+from gptlib.generate import (KVCache, apply_temperature, check_sampling_args, generate, next_token_probs, sample_next, stream, top_k_filter,
                              top_p_filter)
 from gptlib.model import GPT, GPTConfig
 
@@ -141,18 +140,45 @@ def test_kv_cache_works_with_post_ln_blocks():
                        naive_greedy(model, prompt, 2 * BLOCK))
 
 
-def test_forward_with_cache_matches_one_forward_pass(model):
+class HalfResidualBlock(Block):
+    """A block wired differently from both built-in ones: its branches are scaled by one half."""
+
+    def forward(self, x, cache=None):
+        x = x + 0.5 * self.attn(self.ln_1(x), cache=cache)
+        return x + 0.5 * self.mlp(self.ln_2(x))
+
+
+def test_kv_cache_works_with_any_block_that_passes_the_cache_on():
+    model = make_model(block_cls=HalfResidualBlock)
+    prompt = torch.tensor([[4, 5, 6], [7, 8, 9]])
+
+    def sample(m, use_cache):
+        return generate(m, prompt, 3 * BLOCK, temperature=1.0, use_cache=use_cache,
+                        generator=torch.Generator().manual_seed(0))
+    with_cache = sample(model, True)
+    assert torch.equal(with_cache, sample(model, False))
+    assert torch.equal(model(prompt)[0], make_model(block_cls=HalfResidualBlock)(prompt)[0])
+    # the scaling matters: a plain Pre-LN model with the same weights writes another text, so a
+    # cache path that re-wired the blocks itself (as Block does) would fail the equality above
+    plain = make_model()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.equal(sample(plain, True), with_cache)
+
+
+def test_model_with_cache_matches_one_forward_pass(model):
     idx = torch.randint(0, VOCAB, (2, BLOCK), generator=torch.Generator().manual_seed(8))
     cache = KVCache(model.config.n_layer, BLOCK)
-    parts = [forward_with_cache(model, idx[:, a:b], cache) for a, b in [(0, 5), (5, 6), (6, 11), (11, 16)]]
-    assert torch.allclose(torch.cat(parts, 1), model.hidden_states(idx), atol=1e-10)
-    assert len(cache) == BLOCK
-    assert cache.nbytes() == 2 * model.config.n_layer * 2 * BLOCK * model.config.n_embd * 8
-    with pytest.raises(ValueError, match="block_size"):
-        forward_with_cache(model, idx[:, :1], cache)     # full: the caller must reset and crop
-    cache.reset()
-    assert len(cache) == 0
-    assert torch.allclose(forward_with_cache(model, idx[:, :3], cache), model.hidden_states(idx[:, :3]))
+    with torch.no_grad():
+        parts = [model.hidden_states(idx[:, a:b], cache=cache) for a, b in [(0, 5), (5, 6), (6, 11), (11, 16)]]
+        assert torch.allclose(torch.cat(parts, 1), model.hidden_states(idx), atol=1e-10)
+        assert len(cache) == BLOCK
+        assert cache.nbytes() == 2 * model.config.n_layer * 2 * BLOCK * model.config.n_embd * 8
+        with pytest.raises(ValueError, match="block_size"):
+            model(idx[:, :1], cache=cache)     # full: the caller must reset and crop
+        cache.reset()
+        assert len(cache) == 0
+        logits, _ = model(idx[:, :3], cache=cache)
+        assert torch.allclose(logits, model(idx[:, :3])[0])
 
 
 def test_same_seed_same_text_different_seed_different_text(model):

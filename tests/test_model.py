@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from gptlib.block import Block, PostLNBlock
-from gptlib.model import GPT, GPT2_SIZES, GPTConfig, parameter_breakdown
+from gptlib.model import GPT, GPT2_SIZES, IGNORE_INDEX, GPTConfig, parameter_breakdown
 
 TINY = dict(vocab_size=50, block_size=12, n_layer=2, n_head=4, n_embd=32)
 
@@ -57,7 +57,8 @@ def test_forward_shapes_and_loss(model):
     assert torch.allclose(model.lm_head(model.hidden_states(idx)), logits)
 
 
-def test_loss_ignores_minus_100(model):
+def test_loss_ignores_the_ignore_index(model):
+    assert IGNORE_INDEX == -100
     idx = torch.randint(50, (2, 12))
     targets = torch.randint(50, (2, 12))
     masked = targets.clone()
@@ -80,8 +81,13 @@ def test_bad_input_gives_clear_errors(model):
         model(torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="targets must have the shape"):
         model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="targets contains token id 77"):
+    with pytest.raises(IndexError, match="out of bounds"):   # cross-entropy's own check
         model(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[1, 2, 3, 77]]))
+    from gptlib.generate import KVCache
+    cache = KVCache(model.config.n_layer, 12)
+    model(torch.zeros(1, 10, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="length 13 after 10 cached positions exceeds block_size 12"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
     with pytest.raises(TypeError, match="GPTConfig"):
         GPT(dict(TINY))
 
