@@ -6,6 +6,8 @@ token) and names the mistake it sees.
 """
 from __future__ import annotations
 
+import random
+
 from gptlib.exercises import CheckFailed, exercise, expect
 from gptlib.tokenizer import count_pairs, merge
 
@@ -40,7 +42,6 @@ def _(candidate):
     for short in ([], [7]):
         got = _as_counts(candidate(list(short)), short)
         expect(got == {}, f"a sequence of {len(short)} id(s) has no pairs: return an empty dict, got {got}")
-    import random
     rng = random.Random(0)
     for _ in range(20):
         ids = [rng.randrange(4) for _ in range(rng.randrange(2, 30))]
@@ -82,7 +83,6 @@ def _(candidate):
     out = run([2, 1, 3], (1, 2), 99)
     expect(out == [2, 1, 3], f"(1, 2) is an ordered pair: [2, 1, 3] has no (1, 2), got {out}")
     expect(run([], (1, 2), 99) == [] and run([1], (1, 2), 99) == [1], "short inputs: [] -> [], [1] -> [1]")
-    import random
     rng = random.Random(1)
     for _ in range(20):
         ids = [rng.randrange(3) for _ in range(rng.randrange(0, 25))]
