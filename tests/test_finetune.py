@@ -1,15 +1,23 @@
-"""gptlib.finetune: the forgery task, padding and pooling, the classifier, loss masking, checkpoints."""
+"""Chapter 8's modules: the forgery task (gptlib.forgery), the classifier (gptlib.classify) and
+instruction tuning (gptlib.instruct): padding and pooling, loss masking, training through
+Chapter 6's train, answers through Chapter 7's generate, checkpoints and the pretraining cache."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from gptlib.classify import (ClassificationData, GPTClassifier, encode_batch, finetune_run,
+                             lm_targets, load_classifier, pool_last, pool_mean, save_classifier,
+                             set_trainable)
 from gptlib.datasets import load_text
-from gptlib.finetune import (KINDS, ClassificationData, Example, GPTClassifier, answer, corrupt,
-                             encode_batch, finetune_run, lm_targets, load_classifier,
-                             make_forgery_task, mask_prompt, passage, pool_last, pool_mean,
-                             pretrained_char_model, save_classifier, set_trainable, sft_batch,
-                             sft_pair, split_speeches)
-from gptlib.model import GPT, GPTConfig
+from gptlib.forgery import (KINDS, Example, corrupt, finetune_config, make_forgery_task, passage,
+                            pretrained_char_model, split_speeches)
+from gptlib.generate import generate
+from gptlib.instruct import (exact_match, greedy_answers, mask_prompt, sft_batch, sft_pair,
+                             train_sft)
+from gptlib.masking import padding_mask
+from gptlib.model import IGNORE_INDEX, GPT, GPTConfig
 from gptlib.tokenizer import CharTokenizer
 
 
@@ -26,6 +34,10 @@ def tok(text):
 def tiny(vocab=65, block=128):
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=16))
+
+
+def recipe(steps=3, batch_size=2, lr=1e-3):
+    return replace(finetune_config(steps, batch_size, lr), device="cpu")
 
 
 def test_split_speeches_and_passage():
@@ -62,22 +74,32 @@ def test_task_holds_out_text_pretraining_never_sees(text):
         make_forgery_task(text, val_fraction=1.5)
 
 
-def test_encode_batch_right_pads(tok):
+def test_finetune_config_is_the_recipe():
+    c = finetune_config(100, 8, 3e-4)
+    assert (c.max_steps, c.batch_size, c.lr, c.warmup_steps) == (100, 8, 3e-4, 10)
+    assert c.min_lr == pytest.approx(3e-5)
+    assert (c.beta2, c.grad_clip, c.weight_decay, c.compile) == (0.95, 1.0, 0.01, False)
+    assert finetune_config(4, 8, 1e-3).warmup_steps == 4
+
+
+def test_encode_batch_right_pads_with_chapter_3s_mask(tok):
     ids, mask = encode_batch(["ab", "abcd"], tok, max_len=3)
-    assert ids.shape == (2, 3) and mask.tolist() == [[True, True, False], [True, True, True]]
+    assert ids.shape == (2, 3) and torch.equal(mask, padding_mask([2, 3], 3))
+    assert ids[0].tolist() == tok.encode("ab") + [0] and ids[1].tolist() == tok.encode("abc")
     with pytest.raises(ValueError, match="at least one token"):
         encode_batch(["", "a"], tok, max_len=3)
+    with pytest.raises(ValueError, match="max_len"):
+        encode_batch(["a"], tok, max_len=0)
 
 
 def test_pooling_picks_real_tokens():
     h = torch.arange(2 * 4 * 3, dtype=torch.float).reshape(2, 4, 3)
-    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool()
+    mask = padding_mask([2, 4], 4)
     assert torch.equal(pool_last(h, mask), torch.stack([h[0, 1], h[1, 3]]))
+    assert torch.equal(pool_last(h, mask.long()), pool_last(h, mask))  # a 0/1 mask works too
     assert torch.allclose(pool_mean(h, mask), torch.stack([h[0, :2].mean(0), h[1].mean(0)]))
-    with pytest.raises(ValueError, match="right-padded"):
-        pool_last(h, torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]).bool())
-    with pytest.raises(ValueError, match="no real token"):
-        pool_last(h, torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]).bool())
+    with pytest.raises(ValueError, match="attention_mask"):
+        pool_last(h, mask[:, :3])
 
 
 def test_padding_never_changes_the_classifier(tok):
@@ -93,8 +115,9 @@ def test_padding_never_changes_the_classifier(tok):
 
 def test_lm_targets_ignore_padding():
     ids = torch.tensor([[5, 6, 7, 0], [1, 2, 3, 4]])
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()
-    assert lm_targets(ids, mask).tolist() == [[6, 7, -100, -100], [2, 3, 4, -100]]
+    mask = padding_mask([3, 4], 4)
+    I = IGNORE_INDEX
+    assert lm_targets(ids, mask).tolist() == [[6, 7, I, I], [2, 3, 4, I]]
 
 
 def test_classifier_loss_and_auxiliary_lm_loss(tok):
@@ -127,47 +150,84 @@ def test_set_trainable_modes():
 
 def test_mask_prompt_and_sft_batch(tok):
     x, y = mask_prompt([1, 2, 3], [4, 5])
-    assert x == [1, 2, 3, 4] and y == [-100, -100, 4, 5]
+    assert x == [1, 2, 3, 4] and y == [IGNORE_INDEX, IGNORE_INDEX, 4, 5]
     with pytest.raises(ValueError):
         mask_prompt([], [1])
-    prompt, response = sft_pair(Example("To be or not to be", 0))
+    prompt, response = sft_pair(Example("To be or not to be", 0), KINDS)
     assert response == "genuine\n" and prompt.endswith("Answer: ")
     ids, targets = sft_batch([(prompt, response), ("Q: ", "ab\n")], tok)
-    assert (targets != -100).sum(1).tolist() == [len(response), 3]
+    assert (targets != IGNORE_INDEX).sum(1).tolist() == [len(response), 3]
+    short = len(tok.encode("Q: ab\n")) - 1   # the second row's inputs, then padding
+    assert (ids[1, short:] == 0).all() and (targets[1, short:] == IGNORE_INDEX).all()
 
 
 def test_masked_positions_contribute_nothing(tok):
-    """Changing the logits or the inputs' future at masked prompt positions leaves the loss and
-    the gradients of the model unchanged."""
+    """Changing the logits at masked prompt positions leaves the loss and the gradients unchanged,
+    and the model's loss is the mean cross-entropy over the response positions only."""
     model = tiny()
     ids, targets = sft_batch([("Genuine or forged?\nab\nAnswer: ", "genuine\n")], tok)
     logits = model(ids)[0].detach().requires_grad_(True)
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
     loss.backward()
-    masked = targets == -100
+    masked = targets == IGNORE_INDEX
     assert logits.grad[masked].abs().max() == 0
     noisy = torch.where(masked[..., None], torch.randn_like(logits) * 50, logits.detach())
-    assert torch.allclose(F.cross_entropy(noisy.flatten(0, 1), targets.flatten(), ignore_index=-100), loss)
-    # the model's loss is exactly the mean cross-entropy over the response positions only
+    assert torch.allclose(F.cross_entropy(noisy.flatten(0, 1), targets.flatten(),
+                                          ignore_index=IGNORE_INDEX), loss)
     full_logits, model_loss = model(ids, targets)
-    keep = ~masked
-    manual = F.cross_entropy(full_logits[keep], targets[keep])
-    assert torch.allclose(model_loss, manual)
+    assert torch.allclose(model_loss, F.cross_entropy(full_logits[~masked], targets[~masked]))
 
 
-def test_answer_is_padding_independent(tok):
+def test_greedy_answers_are_generate_per_prompt(tok):
+    """Prompts of different lengths, batched by length, answer exactly as generate does alone."""
     model = tiny()
-    one = answer(model, tok, ["To be"], max_new_tokens=5, stop="")
-    two = answer(model, tok, ["To be", "or not to be, that is"], max_new_tokens=5, stop="")
-    assert one[0] == two[0] and len(one[0]) == 5
+    prompts = ["To be", "or not to be, that is", "ay me"]   # two of length 5, one longer
+    got = greedy_answers(model, tok, prompts, max_new_tokens=5, stop="")
+    for p, g in zip(prompts, got):
+        ids = torch.tensor(tok.encode(p))
+        alone = generate(model, ids, 5, temperature=0)[len(ids):].tolist()
+        assert g == tok.decode(alone) and len(g) == 5
     with pytest.raises(ValueError, match="block_size"):
-        answer(model, tok, ["x" * 127], max_new_tokens=5)
+        greedy_answers(model, tok, ["x" * 127], max_new_tokens=5)
+
+
+def test_greedy_answers_stop_at_the_newline(tok):
+    model = tiny()
+    newline = tok.encode("\n")[0]
+    with torch.no_grad():   # hidden states all ones, every logit 0 but the newline's: "\n" at once
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[newline] = 1.0
+    assert greedy_answers(model, tok, ["abc", "de"], max_new_tokens=4, stop="") == ["\n" * 4] * 2
+    assert greedy_answers(model, tok, ["abc", "de"], max_new_tokens=4) == ["", ""]
+    assert exact_match(model, tok, [("abc", "\n"), ("de", "x\n")]) == 0.5
+
+
+def test_train_sft_uses_the_one_loop(tok):
+    model = tiny()
+    pairs = [sft_pair(Example("To be or not", i % 4), KINDS) for i in range(8)]
+    history = train_sft(model, pairs, tok, recipe(steps=6, batch_size=4, lr=3e-3))
+    assert history.step == list(range(6)) and len(history.train_loss) == 6
+    assert history.train_loss[-1] < history.train_loss[0] and not model.training
+
+
+def test_frozen_parameters_stay_put_and_runs_repeat(tok):
+    data = ClassificationData.from_examples([Example("abc", 0), Example("de f", 1), Example("ghij", 2),
+                                             Example("k", 1)], tok, 8)
+    backbone = tiny()
+    row, clf, history = finetune_run("t", backbone, "head", data, data, recipe(steps=4))
+    assert len(history.train_loss) == 4 and row["trainable"] == 16 * 3 + 3
+    for (name, a), b in zip(backbone.state_dict().items(), clf.backbone.state_dict().values()):
+        assert torch.equal(a, b), name   # only the head trained
+    row2, _, history2 = finetune_run("t", backbone, "head", data, data, recipe(steps=4))
+    assert history2.train_loss == history.train_loss and row2["accuracy"] == row["accuracy"]
 
 
 def test_checkpoint_roundtrip_reproduces_accuracy(tmp_path, tok):
     data = ClassificationData.from_examples([Example("abc", 0), Example("de f", 1), Example("ghij", 2),
                                              Example("k", 1)], tok, 8)
-    row, clf, _ = finetune_run("t", tiny(), "full", data, data, steps=3, batch_size=2, lr=1e-3)
+    row, clf, _ = finetune_run("t", tiny(), "full", data, data, recipe())
     path = save_classifier(clf, tmp_path / "c.safetensors")
     back = load_classifier(path)
     assert torch.equal(back(data.ids, data.attention_mask)[0], clf(data.ids, data.attention_mask)[0])
@@ -177,12 +237,16 @@ def test_checkpoint_roundtrip_reproduces_accuracy(tmp_path, tok):
         load_classifier(bad)
 
 
-def test_pretrained_model_is_cached(tmp_path, tok):
+def test_pretrained_model_is_cached_in_the_artifact_dir(tmp_path, monkeypatch, tok):
+    monkeypatch.setenv("GPTLIB_CACHE_DIR", str(tmp_path))
     text = "To be, or not to be, that is the question. " * 20
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    m1, info1 = pretrained_char_model(text, tok, cfg, steps=3, batch_size=2, cache_dir=tmp_path)
-    m2, info2 = pretrained_char_model(text, tok, cfg, steps=3, batch_size=2, cache_dir=tmp_path)
+    m1, info1 = pretrained_char_model(text, tok, cfg, recipe(steps=3))
+    m2, info2 = pretrained_char_model(text, tok, cfg, recipe(steps=3))
     assert not info1["cached"] and info2["cached"] and info2["losses"] == info1["losses"]
+    assert len(info1["losses"]) == 3 and info1["path"].startswith(str(tmp_path))
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), k
     assert len(list(tmp_path.glob("*.tmp"))) == 0
+    _, info3 = pretrained_char_model(text, tok, cfg, recipe(steps=4))   # another setting: a new model
+    assert not info3["cached"] and info3["path"] != info1["path"]

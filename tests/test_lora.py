@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gptlib.finetune import GPTClassifier, count_trainable, set_trainable
+from gptlib.classify import GPTClassifier, count_trainable, set_trainable
 from gptlib.lora import LoRALinear, apply_lora, lora_layers, merge_lora
 from gptlib.model import GPT, GPTConfig
 
