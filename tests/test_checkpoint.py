@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from gptlib.model import GPT, GPTConfig
-from gptlib.train import (CheckpointError, TrainConfig, best_checkpoint_path, evaluate, load_checkpoint,
-                          model_from_checkpoint, read_checkpoint, save_checkpoint, train)
+from gptlib.checkpoint import (CheckpointError, best_checkpoint_path, load_checkpoint, model_from_checkpoint,
+                               read_checkpoint, save_checkpoint)
+from gptlib.train import TrainConfig, evaluate, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

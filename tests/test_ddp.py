@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlib.train import History, read_checkpoint
+from gptlib.checkpoint import read_checkpoint
+from gptlib.train import History
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240

@@ -1,4 +1,5 @@
-"""gptlib.train: metrics, optimizer groups, schedule, evaluation, precision switches, the loop, the CLI."""
+"""gptlib.train: metrics, optimizer groups, schedule, evaluation, precision switches, the loop and its
+hooks, recipes, the CLI."""
 import json
 import math
 import os
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from gptlib.model import GPT, GPTConfig
-from gptlib.train import (DistInfo, History, TrainConfig, autocast_context, bits_per_char,
-                          configure_optimizer, draw_batch, evaluate, evaluate_full, lr_at,
-                          maybe_compile, param_groups, perplexity, resolve_precision, sample, train,
+from gptlib.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
+from gptlib.train import (DistInfo, History, Recipe, TrainConfig, autocast_context, bits_per_char,
+                          configure_optimizer, draw_batch, evaluate, evaluate_full, load_recipe, lr_at,
+                          maybe_compile, param_groups, perplexity, recipe_file, resolve_precision, train,
                           uniform_loss)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,17 +152,6 @@ def test_draw_batch_slices_one_global_batch():
     assert torch.equal(torch.cat([p[1] for p in parts]), whole[1])
 
 
-def test_sample_is_reproducible_and_checks_temperature():
-    torch.manual_seed(0)
-    model = GPT(tiny_config())
-    start = torch.zeros(1, 1, dtype=torch.long)
-    a = sample(model, start, 20, generator=torch.Generator().manual_seed(1))
-    b = sample(model, start, 20, generator=torch.Generator().manual_seed(1))
-    assert a.shape == (1, 21) and torch.equal(a, b)
-    with pytest.raises(ValueError, match="temperature"):
-        sample(model, start, 2, temperature=0)
-
-
 # ---- the loop ------------------------------------------------------------------------------
 
 def test_train_loss_falls_and_history_is_complete():
@@ -208,3 +199,144 @@ def test_cli_rejects_unknown_keys(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gptlib.train", "--config", str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "unknown config sections: modle" in out.stderr
+
+
+def test_train_config_takes_what_fine_tuning_needs():
+    cfg = TrainConfig(max_steps=5, lr=1e-3, min_lr=1e-3, warmup_steps=0, eval_interval=50, eval_iters=1)
+    assert {lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps) for s in range(5)} == {1e-3}
+    train_ids, val_ids = pattern_data()
+    torch.manual_seed(0)
+    h = train(GPT(tiny_config()), train_ids, val_ids, cfg, progress=False)
+    assert h.eval_step == [5] and h.lr == [1e-3] * 5      # evaluated only at the end, constant rate
+
+
+@pytest.mark.parametrize("kw, phrase", [
+    (dict(beta2=1.0), "beta"), (dict(precision="float16"), "gradient scaler"), (dict(compile="yes"), "compile"),
+    (dict(eval_batch_size=0), "eval_batch_size"), (dict(warmup_steps=1.5), "warmup_steps"),
+])
+def test_train_config_checks_its_fields_once(kw, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        TrainConfig(**kw)
+
+
+# ---- the hooks: one loop for any model and any loss ----------------------------------------
+
+class Classifier(torch.nn.Module):
+    """Not a GPT: a frozen random feature layer and a linear head, on a linearly separable task."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Linear(8, 16)
+        self.head = torch.nn.Linear(16, 2)
+        self.features.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.features(x)))
+
+
+POINTS = torch.randn(512, 8, generator=torch.Generator().manual_seed(0))
+LABELS = (POINTS[:, 0] + POINTS[:, 1] > 0).long()
+
+
+def classifier_loss(net, generator, device):
+    rows = torch.randint(0, len(POINTS), (16,), generator=generator)
+    return torch.nn.functional.cross_entropy(net(POINTS[rows].to(device)), LABELS[rows].to(device))
+
+
+def classifier_eval(model):
+    return torch.nn.functional.cross_entropy(model(POINTS[:128]), LABELS[:128]).item()
+
+
+HOOKED = TrainConfig(max_steps=30, batch_size=16, lr=3e-2, min_lr=3e-3, warmup_steps=2, eval_interval=10,
+                     eval_iters=1, log_interval=4)
+
+
+def hooked_run(**kw):
+    torch.manual_seed(0)
+    model = Classifier()
+    frozen = model.features.weight.clone()
+    h = train(model, None, None, HOOKED, batch_loss=classifier_loss, eval_loss=classifier_eval,
+              progress=False, **kw)
+    return model, frozen, h
+
+
+def test_batch_loss_hook_trains_any_module_and_leaves_frozen_parameters_alone():
+    model, frozen, h = hooked_run()
+    assert h.eval_step == [0, 10, 20, 30] and h.val_loss[-1] < h.val_loss[0] - 0.2
+    assert all(math.isnan(v) for v in h.eval_train_loss)       # eval_loss gives val only
+    assert torch.equal(model.features.weight, frozen)          # frozen: not in the optimizer
+    assert model.training                                      # eval_loss ran in eval mode, then back
+
+
+def test_batch_loss_hook_resumes_exactly(tmp_path):
+    _, _, whole = hooked_run()
+    hooked_run(checkpoint_path=tmp_path / "c.pt", until_step=13)
+    assert read_checkpoint(tmp_path / "c.pt")["model_config"] is None
+    torch.manual_seed(5)
+    resumed = train(Classifier(), None, None, HOOKED, batch_loss=classifier_loss, eval_loss=classifier_eval,
+                    resume_from=tmp_path / "c.pt", progress=False)
+    assert resumed.train_loss == whole.train_loss and resumed.val_loss == whole.val_loss
+    with pytest.raises(CheckpointError, match="no GPTConfig"):
+        model_from_checkpoint(tmp_path / "c.pt")
+
+
+def test_no_val_data_and_no_eval_loss_means_no_evaluation():
+    seen = []
+    torch.manual_seed(0)
+    h = train(Classifier(), None, None, HOOKED, batch_loss=classifier_loss, progress=False,
+              callbacks=[lambda *a: seen.append(a)])
+    assert h.eval_step == h.val_loss == [] and seen == [] and len(h.train_loss) == HOOKED.max_steps
+
+
+def test_hooks_are_needed_for_a_model_that_is_not_a_gpt():
+    with pytest.raises(ValueError, match="give batch_loss"):
+        train(Classifier(), None, None, HOOKED, progress=False)
+    with pytest.raises(ValueError, match="train_data is None"):
+        train(GPT(tiny_config()), None, pattern_data()[1], HOOKED, progress=False)
+    frozen = GPT(tiny_config()).requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(frozen, *pattern_data(), HOOKED, progress=False)
+
+
+# ---- recipes and the command line ----------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.json")), ids=lambda p: p.stem)
+def test_every_committed_recipe_loads(path):
+    recipe = load_recipe(path)
+    assert recipe == load_recipe(path.stem) and recipe_file(path.stem) == path
+    assert recipe.description and recipe.data["dataset"] == "tinyshakespeare"
+    assert recipe.model_config(65).vocab_size == 65
+
+
+def test_profiles_have_recipes():
+    for profile in ("smoke", "cpu", "gpu"):
+        assert isinstance(load_recipe(f"shakespeare_char_{profile}"), Recipe)
+
+
+@pytest.mark.parametrize("values, phrase", [
+    ({"modle": {}}, "unknown config sections: modle"),
+    ({"model": {"vocab_size": 65}}, "the tokenizer sets vocab_size"),
+    ({"model": {"n_embd": 30, "n_head": 4}}, "divisible"),
+    ({"data": {"tokeniser": "char"}}, "unknown data keys: tokeniser"),
+    ({"data": {"tokenizer": "words"}}, "tokenizer must be"),
+])
+def test_recipe_errors_name_the_problem(values, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        Recipe.from_dict(values)
+
+
+def test_unknown_recipe_name_lists_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="known: .*shakespeare_char_cpu"):
+        load_recipe("shakespeare_char_tpu")
+
+
+def test_cli_runs_the_smoke_recipe_as_the_chapter_prints_it(tmp_path):
+    """The chapter's command, from the repository root, on the committed smoke recipe."""
+    out = subprocess.run([sys.executable, "-m", "gptlib.train", "--config", "configs/shakespeare_char_smoke.json",
+                          "--out-dir", str(tmp_path / "run"), "--until", "3", "--no-progress"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GPTLIB_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert read_checkpoint(tmp_path / "run" / "ckpt.pt")["step"] == 3
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["train_loss"]) == 3 and history["eval_step"] == [0]
