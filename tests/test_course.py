@@ -1,13 +1,10 @@
 """One source of truth for the repository url: _config.yml, copied into every setup cell."""
 import shutil
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from tools import course
-
-ROOT = Path(__file__).resolve().parent.parent
+from tools import ROOT, course
 
 
 def test_setup_cell_installs_from_the_configured_repository():

@@ -1,11 +1,7 @@
 """The notebooks are the source of truth: committed gptlib modules must equal a fresh export."""
-from pathlib import Path
-
 import nbformat
 
-from tools import export
-
-ROOT = Path(__file__).resolve().parent.parent
+from tools import ROOT, export
 
 
 def test_committed_modules_match_a_fresh_export():

@@ -1,15 +1,13 @@
 """What every committed notebook must look like (no execution here: nbval runs them)."""
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
 from gptlib import exercises
-from tools import course, export
+from tools import ROOT, course, export
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = course.notebooks(ROOT)
 CHAPTERS = export.chapter_notebooks(ROOT)
 CHECK_CALL = re.compile(r"""check\(\s*["'](\d+\.\d+)["']""")

@@ -6,10 +6,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tools import course, grade, student
 from gptlib.exercises import registry
+from tools import ROOT, course, grade, student
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = course.notebooks(ROOT)
 # The chapter the grading round-trip uses (it runs twice more): a quick one.
 GRADED = ROOT / "notebooks" / "03_causal_mask.ipynb"
@@ -70,6 +69,22 @@ def _wrong_first_solution(nb):
     raise AssertionError("no solution cell")
 
 
+def _hanging_report(tmp_path):
+    """Grade a chapter-3 submission that sleeps far past a 5-second limit."""
+    hang = nbformat.v4.new_notebook()
+    hang.cells = [nbformat.v4.new_code_cell("import time\ntime.sleep(600)")]
+    path = tmp_path / "03_hangs.ipynb"
+    nbformat.write(hang, path)
+    return grade.grade_notebook(path, timeout=5)
+
+
+def test_grader_stops_a_hanging_notebook_at_its_limit(tmp_path):
+    report = _hanging_report(tmp_path)
+    assert report.outcome == "timed out" and report.detail == "stopped after 5 s"
+    assert report.score == 0 and set(report.results.values()) == {"missing"}
+    assert report.seconds < 60  # stopped at the limit, not after the sleep
+
+
 @pytest.mark.slow
 def test_grader_full_marks_one_wrong_and_broken_notebooks(tmp_path):
     if not GRADED.exists():
@@ -85,13 +100,10 @@ def test_grader_full_marks_one_wrong_and_broken_notebooks(tmp_path):
     crash.cells = [nbformat.v4.new_code_cell("raise RuntimeError('boom')"),
                    nbformat.v4.new_code_cell("print('still runs')")]
     nbformat.write(crash, sub / "03_crashes.ipynb")
-    hang = nbformat.v4.new_notebook()
-    hang.cells = [nbformat.v4.new_code_cell("import time\ntime.sleep(600)")]
-    nbformat.write(hang, sub / "03_hangs.ipynb")
 
     paths = [sub / GRADED.name, sub / "wrong" / GRADED.name, sub / "03_crashes.ipynb"]
     full, wrong, crashed = (grade.grade_notebook(p, timeout=300) for p in paths)
-    hung = grade.grade_notebook(sub / "03_hangs.ipynb", timeout=20)
+    hung = _hanging_report(tmp_path)
 
     chapter_ids = [e for e in registry() if e.startswith("3.")]
     assert full.outcome == "completed" and full.score == full.total == len(chapter_ids), full
@@ -100,8 +112,6 @@ def test_grader_full_marks_one_wrong_and_broken_notebooks(tmp_path):
     assert {e for e, s in wrong.results.items() if s != "passed"} == {wrong_id}
     assert crashed.outcome == "crashed" and "boom" in crashed.detail
     assert crashed.score == 0 and set(crashed.results.values()) == {"missing"}
-    assert hung.outcome == "timed out" and hung.score == 0
-
     csv_path, md_path = grade.write_gradebook([full, wrong, crashed, hung], tmp_path / "book")
     rows = csv_path.read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("submission,chapter,outcome,score,total")

@@ -23,9 +23,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from tools import course
+from tools import ROOT, course
 
-ROOT = Path(__file__).resolve().parents[2]
 HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
 SHOTS = Path(os.environ.get("BOOK_SCREENSHOTS", ROOT / "_build" / "screenshots"))
 
