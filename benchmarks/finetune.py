@@ -11,6 +11,7 @@ fine-tuning while training <= 5% of the parameters.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -28,9 +29,11 @@ def main(argv=None) -> int:
     os.environ["GPTLIB_PROFILE"] = args.profile
 
     import torch
+    from gptlib.classify import ClassificationData, finetune_run
     from gptlib.datasets import load_text
-    from gptlib.finetune import (SETTINGS_BY_PROFILE, ClassificationData, exact_match, finetune_run,
-                                 make_forgery_task, pretrained_char_model, sft_pair, train_sft)
+    from gptlib.forgery import (KINDS, SETTINGS_BY_PROFILE, finetune_config, make_forgery_task,
+                                pretrained_char_model)
+    from gptlib.instruct import exact_match, sft_pair, train_sft
     from gptlib.model import GPT, GPTConfig
     from gptlib.runtime import by_profile, get_device
     from gptlib.tokenizer import CharTokenizer
@@ -43,13 +46,13 @@ def main(argv=None) -> int:
     config = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                        n_head=cfg["n_head"], n_embd=cfg["n_embd"])
     t0 = time.perf_counter()
-    pretrained, info = pretrained_char_model(task.pretrain_text, tok, config, cfg["pretrain_steps"],
-                                             cfg["pretrain_batch"])
+    pretrain_config = finetune_config(cfg["pretrain_steps"], cfg["pretrain_batch"], lr=3e-3, weight_decay=0.1)
+    pretrained, info = pretrained_char_model(task.pretrain_text, tok, config, pretrain_config)
     pretrain_seconds = info["seconds"] if not info["cached"] else None
     pretrained.to(device)
     train = ClassificationData.from_examples(task.train, tok, 64)
     test = ClassificationData.from_examples(task.test, tok, 64)
-    common = dict(train=train, test=test, steps=cfg["ft_steps"], batch_size=cfg["ft_batch"])
+    common = dict(train=train, test=test)
     torch.manual_seed(0)
     scratch = GPT(config).to(device)
     r = cfg["lora_r"]
@@ -64,22 +67,24 @@ def main(argv=None) -> int:
     for name, backbone, mode, lr, extra in runs:
         accs, secs = [], []
         for seed in range(args.seeds):
-            row, _, _ = finetune_run(name, backbone, mode, lr=lr, seed=seed, **extra, **common)
+            config = finetune_config(cfg["ft_steps"], cfg["ft_batch"], lr, seed=seed)
+            row, _, _ = finetune_run(name, backbone, mode, config=config, **extra, **common)
             accs.append(row["accuracy"])
             secs.append(row["seconds"])
         rows.append({"run": name, "accuracy": sum(accs) / len(accs), "trainable": row["trainable"],
                      "trainable_pct": 100 * row["trainable_fraction"], "seconds": sum(secs) / len(secs)})
         print(f"  {name}: {rows[-1]['accuracy']:.3f}", flush=True)
 
-    sft_train = [sft_pair(e) for e in task.train]
-    sft_test = [sft_pair(e) for e in task.test][: cfg["n_sft_test"]]
-    import copy
+    sft_train = [sft_pair(e, KINDS) for e in task.train]
+    sft_test = [sft_pair(e, KINDS) for e in task.test][: cfg["n_sft_test"]]
     sft_model = copy.deepcopy(pretrained)
     em_before = exact_match(sft_model, tok, sft_test)
-    hist = train_sft(sft_model, sft_train, tok, cfg["sft_steps"], cfg["ft_batch"], 1e-3)
+    t_sft = time.perf_counter()
+    train_sft(sft_model, sft_train, tok, finetune_config(cfg["sft_steps"], cfg["ft_batch"], 1e-3))
+    sft_seconds = time.perf_counter() - t_sft
     em_after = exact_match(sft_model, tok, sft_test)
     rows.append({"run": "SFT (exact match)", "accuracy": em_after, "trainable": pretrained.num_parameters(),
-                 "trainable_pct": 100.0, "seconds": hist["seconds"]})
+                 "trainable_pct": 100.0, "seconds": sft_seconds})
 
     print_table(rows, ["run", "accuracy", "trainable", "trainable_pct", "seconds"])
     acc = {row["run"]: row["accuracy"] for row in rows}

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
+from gptlib.embeddings import INIT_STD
 from gptlib.lora import apply_lora, merge_lora
 from gptlib.masking import padding_mask
 from gptlib.model import GPT, GPTConfig, IGNORE_INDEX
@@ -106,7 +107,7 @@ class GPTClassifier(nn.Module):
         self.pooling = pooling
         self.n_classes = n_classes
         self.head = nn.Linear(backbone.config.n_embd, n_classes)
-        nn.init.normal_(self.head.weight, 0.0, 0.02)  # the init std of the model's own layers
+        nn.init.normal_(self.head.weight, 0.0, INIT_STD)  # as the model's own layers
         nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -1,8 +1,10 @@
 """Chapter 8 checks accept the reference solutions and reject the usual mistakes, with hints."""
+import pytest
 import torch
 import torch.nn as nn
 
 from gptlib.exercises import run_check
+from gptlib.model import IGNORE_INDEX
 
 
 # ------------------------------------------------------------------ 8.1 last real token
@@ -28,35 +30,15 @@ def pool_todo(hidden, mask):
     raise NotImplementedError
 
 
-def test_81_reference_passes():
-    assert run_check("8.1", pool_ref).status == "passed"
-
-
-def test_81_rejects_pooling_a_padding_position():
-    r = run_check("8.1", pool_last_position)
-    assert r.status == "failed" and "padding" in r.message
-
-
-def test_81_rejects_off_by_one():
-    r = run_check("8.1", pool_off_by_one)
-    assert r.status == "failed" and "off by one" in r.message
-
-
-def test_81_rejects_mean_pool_and_reports_not_done():
-    r = run_check("8.1", pool_mean)
-    assert r.status == "failed" and "mean pool" in r.message
-    assert run_check("8.1", pool_todo).status == "not done"
-
-
 # ------------------------------------------------------------------ 8.2 loss masking
 def mask_ref(prompt, response):
     seq = list(prompt) + list(response)
-    return seq[:-1], [-100] * (len(prompt) - 1) + seq[len(prompt):]
+    return seq[:-1], [IGNORE_INDEX] * (len(prompt) - 1) + seq[len(prompt):]
 
 
 def mask_response_instead(prompt, response):
     seq = list(prompt) + list(response)
-    return seq[:-1], seq[1:len(prompt)] + [-100] * len(response)
+    return seq[:-1], seq[1:len(prompt)] + [IGNORE_INDEX] * len(response)
 
 
 def mask_nothing(prompt, response):
@@ -66,23 +48,7 @@ def mask_nothing(prompt, response):
 
 def mask_one_too_many(prompt, response):
     seq = list(prompt) + list(response)
-    return seq[:-1], [-100] * len(prompt) + seq[len(prompt) + 1:]
-
-
-def test_82_reference_passes():
-    assert run_check("8.2", mask_ref).status == "passed"
-
-
-def test_82_rejects_masking_the_response_instead_of_the_prompt():
-    r = run_check("8.2", mask_response_instead)
-    assert r.status == "failed" and "masked the response" in r.message
-
-
-def test_82_rejects_no_masking_and_off_by_one():
-    r = run_check("8.2", mask_nothing)
-    assert r.status == "failed" and "nothing is masked" in r.message
-    r = run_check("8.2", mask_one_too_many)
-    assert r.status == "failed" and "first response token" in r.message
+    return seq[:-1], [IGNORE_INDEX] * len(prompt) + seq[len(prompt) + 1:]
 
 
 # ------------------------------------------------------------------ 8.3 LoRA linear
@@ -130,24 +96,34 @@ class LoRAZeroA(LoRARef):
             self.lora_A.zero_()
 
 
-def test_83_reference_passes():
-    assert run_check("8.3", LoRARef).status == "passed"
+# ------------------------------------------------------------------ the table
+PASSING = [("8.1", pool_ref), ("8.2", mask_ref), ("8.3", LoRARef)]
+
+FAILING = [  # (exercise, candidate, a phrase its hint must contain)
+    ("8.1", pool_last_position, "padding"),
+    ("8.1", pool_off_by_one, "off by one"),
+    ("8.1", pool_mean, "mean pool"),
+    ("8.2", mask_response_instead, "masked the response"),
+    ("8.2", mask_nothing, "nothing is masked"),
+    ("8.2", mask_one_too_many, "first response token"),
+    ("8.3", LoRANoScaling, "forgot the scaling"),
+    ("8.3", LoRAInverseScaling, "upside down"),
+    ("8.3", LoRARandomB, "initialise lora_B to zero"),
+    ("8.3", LoRAUnfrozenBase, "freeze the base"),
+    ("8.3", LoRAZeroA, "lora_A is all zeros"),
+]
 
 
-def test_83_rejects_forgetting_the_scaling():
-    r = run_check("8.3", LoRANoScaling)
-    assert r.status == "failed" and "forgot the scaling" in r.message
-    r = run_check("8.3", LoRAInverseScaling)
-    assert r.status == "failed" and "upside down" in r.message
+@pytest.mark.parametrize("exercise_id, candidate", PASSING, ids=[c.__name__ for _, c in PASSING])
+def test_reference_passes(exercise_id, candidate):
+    assert run_check(exercise_id, candidate).status == "passed"
 
 
-def test_83_rejects_b_not_zero_initialised():
-    r = run_check("8.3", LoRARandomB)
-    assert r.status == "failed" and "initialise lora_B to zero" in r.message
+@pytest.mark.parametrize("exercise_id, candidate, phrase", FAILING,
+                         ids=[c.__name__ for _, c, _ in FAILING])
+def test_check_rejects_the_mistake_with_a_hint(assert_check_fails, exercise_id, candidate, phrase):
+    assert_check_fails(exercise_id, candidate, phrase)
 
 
-def test_83_rejects_unfrozen_base_and_zero_a():
-    r = run_check("8.3", LoRAUnfrozenBase)
-    assert r.status == "failed" and "freeze the base" in r.message
-    r = run_check("8.3", LoRAZeroA)
-    assert r.status == "failed" and "lora_A is all zeros" in r.message
+def test_unfinished_exercise_is_not_done():
+    assert run_check("8.1", pool_todo).status == "not done"

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from gptlib.exercises import CheckFailed, exercise, expect
+from gptlib.masking import padding_mask
+from gptlib.model import IGNORE_INDEX
 
 
 def _close(a, b, atol: float = 1e-5) -> bool:
@@ -18,17 +19,13 @@ def _close(a, b, atol: float = 1e-5) -> bool:
 
 
 # --------------------------------------------------------------------------- 8.1 last real token
-def _right_padded_mask(lengths: list[int], T: int) -> torch.Tensor:
-    return torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
-
-
 @exercise("8.1", "Pool the last real token of a padded batch")
 def _(pool_last_token):
     g = torch.Generator().manual_seed(8)
     probes = [([3, 5, 1, 5], 5), ([2, 7, 4], 7), ([1, 1], 3), ([6], 6)]
     for lengths, T in probes:
         hidden = torch.randn(len(lengths), T, 4, generator=g)
-        mask = _right_padded_mask(lengths, T)
+        mask = padding_mask(lengths, T)
         ref = hidden[torch.arange(len(lengths)), torch.tensor(lengths) - 1]
         for mask_in in (mask, mask.long()):  # a bool mask and a 0/1 integer mask
             out = pool_last_token(hidden.clone(), mask_in.clone())
@@ -59,7 +56,7 @@ def _(pool_last_token):
 # --------------------------------------------------------------------------- 8.2 loss masking
 def _reference_mask(prompt, response):
     seq = list(prompt) + list(response)
-    return seq[:-1], [-100] * (len(prompt) - 1) + seq[len(prompt):]
+    return seq[:-1], [IGNORE_INDEX] * (len(prompt) - 1) + seq[len(prompt):]
 
 
 @exercise("8.2", "Mask the prompt in instruction tuning")
@@ -81,20 +78,21 @@ def _(mask_prompt):
             continue
         seq = list(prompt) + list(response)
         shifted = seq[1:]
-        if all(t == -100 for t in targets[len(prompt) - 1:]) and any(t != -100 for t in targets):
+        kept = [t != IGNORE_INDEX for t in targets]
+        if not any(kept[len(prompt) - 1:]) and any(kept):
             raise CheckFailed("you masked the response and kept the prompt: the model should learn "
                               "to answer, so the PROMPT's targets become -100 and the response's "
                               "stay")
         if targets == shifted:
             raise CheckFailed("nothing is masked: set the targets that are prompt tokens to -100")
-        if targets == [-100] * len(prompt) + shifted[len(prompt):]:
+        if targets == [IGNORE_INDEX] * len(prompt) + shifted[len(prompt):]:
             raise CheckFailed("off by one: you also masked the first response token; the target "
                               "at position len(prompt) - 1 is the first response token and must "
                               "be kept")
-        if targets == [-100] * (len(prompt) - 2) + shifted[len(prompt) - 2:]:
+        if targets == [IGNORE_INDEX] * (len(prompt) - 2) + shifted[len(prompt) - 2:]:
             raise CheckFailed("off by one: the last prompt token's target is still kept; mask "
                               "len(prompt) - 1 targets")
-        if -100 not in targets:
+        if IGNORE_INDEX not in targets:
             raise CheckFailed("use -100 (cross_entropy's ignore_index) for masked targets")
         raise CheckFailed("targets should be (prompt + response)[1:] with the first "
                           "len(prompt) - 1 entries (the prompt's own tokens) replaced by -100")
