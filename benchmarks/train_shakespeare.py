@@ -1,23 +1,27 @@
 """Train character-level GPTs on Tiny Shakespeare and record time, throughput and validation loss.
 
-Recipes
+Recipes (each one file in ``configs/``, the same files Chapter 6 and ``python -m gptlib.train``
+read; a recipe that differs from a file in one field is derived from it here, by name)
 -------
-reference  the well-known CPU recipe: 4 layers, 4 heads, 128 wide, context 64, batch 12, 2000
-           steps, lr 1e-3 cosine to 1e-4 after 100 warmup steps, AdamW beta2 0.99, weight decay
-           0.1, clip 1.0, no dropout, and no biases (the well-known implementation's default,
-           which its recipe does not change). Target: best val <= 1.89 in <= 100 s.
-course     the course's own CPU recipe for the same wall-clock budget (target val <= 1.75): the same
-           shape without biases, batch 32 (larger matrix products use the cores better) and a 4x
-           larger learning rate (4e-3 to 4e-4); its number of steps is fitted to the budget from a
-           short timing of its own step, so the cosine schedule always completes in the budget.
-gpu-known  the well-known GPU recipe for the full-size model: 6 layers, 6 heads, 384 wide, context
-           256, batch 64, dropout 0.2, 5000 steps, lr 1e-3 cosine to 1e-4; with biases, as it was
-           measured (the well-known implementation has none). Its validation loss is
-           lowest near step 2000 and then rises (the model overfits 1M characters), so its figure
-           is the best validation estimate on the way. Only when CUDA is present.
-gpu        the chapter's gpu profile: the same model and settings with the schedule cut to 2500
-           steps, so the learning rate has decayed by the time the model starts to overfit.
-           Target val <= 1.47; records the time to it.
+reference  ``configs/shakespeare_char_reference.json``: the well-known CPU recipe: 4 layers, 4
+           heads, 128 wide, context 64, batch 12, 2000 steps, lr 1e-3 cosine to 1e-4 after 100
+           warmup steps, AdamW beta2 0.99, weight decay 0.1, clip 1.0, no dropout, and no biases
+           (the well-known implementation's default, which its recipe does not change).
+           Target: best val <= 1.89 in <= 100 s.
+course     ``configs/shakespeare_char_course.json``: the course's own CPU recipe for the same
+           wall-clock budget (target val <= 1.75): the same shape without biases, batch 32 (larger
+           matrix products use the cores better) and a 4x larger learning rate (4e-3 to 4e-4); its
+           number of steps is fitted to the budget from a short timing of its own step, so the
+           cosine schedule always completes in the budget.
+gpu-known  ``configs/shakespeare_char_gpu.json`` with max_steps 5000: the well-known GPU recipe
+           for the full-size model: 6 layers, 6 heads, 384 wide, context 256, batch 64, dropout
+           0.2, lr 1e-3 cosine to 1e-4; with biases, as it was measured (the well-known
+           implementation has none). Its validation loss is lowest near step 2000 and then rises
+           (the model overfits 1M characters), so its figure is the best validation estimate on
+           the way. Only when CUDA is present.
+gpu        ``configs/shakespeare_char_gpu.json``: the chapter's gpu profile: the same model and
+           settings with the schedule cut to 2500 steps, so the learning rate has decayed by the
+           time the model starts to overfit. Target val <= 1.47; records the time to it.
 
 How validation is measured (the same for every recipe, on the same held-out split: the last 10%
 of the characters):
@@ -40,6 +44,7 @@ of the characters):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -51,31 +56,27 @@ from _common import print_table, result_name, write_results  # noqa: E402
 
 import torch  # noqa: E402
 
-from gptlib.data import train_val_split  # noqa: E402
-from gptlib.datasets import load_text  # noqa: E402
 from gptlib.model import GPT, GPTConfig  # noqa: E402
-from gptlib.tokenizer import CharTokenizer  # noqa: E402
-from gptlib.train import TrainConfig, autocast_context, evaluate, evaluate_full, train  # noqa: E402
+from gptlib.train import (Recipe, TrainConfig, autocast_context, evaluate, evaluate_full,  # noqa: E402
+                          load_recipe, load_text_data, train)
 
+# name -> (recipe file in configs/, the TrainConfig fields this run changes)
 RECIPES = {
-    "reference": dict(
-        model=dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
-        train=dict(max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-                   weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20),
-        target=1.89, budget_s=100),
-    "course": dict(
-        model=dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
-        train=dict(max_steps=None, batch_size=32, lr=4e-3, min_lr=4e-4, warmup_steps=100, beta2=0.99,
-                   weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20),
-        target=1.75, budget_s=100),
-    "gpu-known": dict(
-        model=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=True),
-        train=dict(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-                   weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=50),
-        target=1.47, budget_s=None),
+    "reference": ("shakespeare_char_reference", {}),
+    "course": ("shakespeare_char_course", {}),           # max_steps: fitted to the budget below
+    "gpu-known": ("shakespeare_char_gpu", {"max_steps": 5000}),
+    "gpu": ("shakespeare_char_gpu", {}),
 }
-# the chapter's gpu profile: the known recipe's model and settings, its schedule cut to 2500 steps
-RECIPES["gpu"] = {**RECIPES["gpu-known"], "train": {**RECIPES["gpu-known"]["train"], "max_steps": 2500}}
+# name -> (target validation loss, wall-clock budget in seconds or None)
+TARGETS = {"reference": (1.89, 100), "course": (1.75, 100), "gpu-known": (1.47, None), "gpu": (1.47, None)}
+FITTED = {"course"}                                       # recipes whose max_steps fits the budget
+
+
+def recipe(name: str) -> Recipe:
+    """The named run: its file, with this run's changes applied by ``dataclasses.replace``."""
+    file, changes = RECIPES[name]
+    base = load_recipe(file)
+    return dataclasses.replace(base, train=dataclasses.replace(base.train, **changes))
 
 
 def recipe_device(name: str) -> str:
@@ -83,34 +84,32 @@ def recipe_device(name: str) -> str:
     return "cuda" if name.startswith("gpu") else "cpu"
 
 
-def seconds_per_step(model_cfg: GPTConfig, train_kw: dict, train_ids, val_ids, steps: int = 15) -> float:
+def seconds_per_step(model_cfg: GPTConfig, cfg: TrainConfig, train_ids, val_ids, steps: int = 15) -> float:
     """Time a few steps of a throw-away copy of the model (after a warm-up step)."""
-    kw = {**train_kw, "max_steps": steps + 2, "warmup_steps": 1, "eval_interval": 10_000, "eval_iters": 1}
+    probe_cfg = dataclasses.replace(cfg, max_steps=steps + 2, warmup_steps=1, eval_interval=10_000, eval_iters=1)
     probe = GPT(model_cfg)
-    times = []
-    train(probe, train_ids, val_ids, TrainConfig(**kw), until_step=2, progress=False)
+    train(probe, train_ids, val_ids, probe_cfg, until_step=2, progress=False)
     t0 = time.perf_counter()
-    train(probe, train_ids, val_ids, TrainConfig(**kw), until_step=steps + 2, progress=False)
-    times.append(time.perf_counter() - t0)
-    return times[0] / (steps + 2)
+    train(probe, train_ids, val_ids, probe_cfg, until_step=steps + 2, progress=False)
+    return (time.perf_counter() - t0) / (steps + 2)
 
 
 def run(name: str, vocab_size: int, train_ids, val_ids, steps: int | None, budget: float | None,
         seed: int | None = None) -> dict:
-    recipe = RECIPES[name]
-    model_cfg = GPTConfig(vocab_size=vocab_size, **recipe["model"])
-    train_kw = dict(recipe["train"])
+    run_recipe = recipe(name)
+    target, budget_s = TARGETS[name]
+    model_cfg = run_recipe.model_config(vocab_size)
     device = recipe_device(name)
-    train_kw["device"] = device
-    if train_kw["max_steps"] is None:                      # fit the schedule to the wall-clock budget
-        per_step = seconds_per_step(model_cfg, train_kw, train_ids, val_ids)
-        train_kw["max_steps"] = max(200, int(0.92 * (budget or recipe["budget_s"]) / per_step))
+    cfg = dataclasses.replace(run_recipe.train, device=device)
+    max_steps = cfg.max_steps
+    if name in FITTED:                                     # fit the schedule to the wall-clock budget
+        per_step = seconds_per_step(model_cfg, cfg, train_ids, val_ids)
+        max_steps = max(200, int(0.92 * (budget or budget_s) / per_step))
     if steps is not None:
-        train_kw["max_steps"] = steps
-    train_kw["warmup_steps"] = min(train_kw["warmup_steps"], train_kw["max_steps"] // 10)
+        max_steps = steps
+    cfg = dataclasses.replace(cfg, max_steps=max_steps, warmup_steps=min(cfg.warmup_steps, max_steps // 10))
     if seed is not None:
-        train_kw["seed"] = seed                            # the batches' order and the initial weights
-    cfg = TrainConfig(**train_kw)
+        cfg = dataclasses.replace(cfg, seed=seed)          # the batches' order and the initial weights
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg)
     stamps: list[tuple[int, float, float, float]] = []
@@ -139,16 +138,17 @@ def run(name: str, vocab_size: int, train_ids, val_ids, steps: int | None, budge
                                      seed=7919 * cfg.seed + i, device=device, autocast=autocast)
                             for i in range(30)])
     tokens = cfg.tokens_per_step(model_cfg.block_size) * cfg.max_steps
-    reached = next((t for _, v, _r, t in stamps if v <= recipe["target"]), None)
+    reached = next((t for _, v, _r, t in stamps if v <= target), None)
     return {
         "recipe": name, "seed": cfg.seed, "params": model.num_parameters(), "steps": cfg.max_steps,
         "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall),
         "best_val": round(history.best_val, 4),
         "best_val_resampled": round(min(r for _, _v, r, _t in stamps), 4),
         "final_val_full": round(full_val, 4), "resampled_sd": round(repeats.std().item(), 4),
-        "final_bpc": round(full_val / math.log(2), 4), "target": recipe["target"],
+        "final_bpc": round(full_val / math.log(2), 4), "target": target,
         "time_to_target_s": None if reached is None else round(reached, 2),
-        "config": {"model": recipe["model"], "train": {k: v for k, v in train_kw.items()}},
+        "config": {"recipe": f"configs/{RECIPES[name][0]}.json", "model": run_recipe.model,
+                   "train": dataclasses.asdict(cfg)},
         "val_estimate": f"mean over {cfg.eval_iters} batches of {cfg.batch_size}x{model_cfg.block_size} "
                         f"val tokens every {cfg.eval_interval} steps (val: the same batches each time; "
                         f"val_resampled: new batches each time); final: all {n_val} val tokens once",
@@ -168,10 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    text = load_text("tinyshakespeare")
-    tok = CharTokenizer(text)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    train_ids, val_ids = train_val_split(ids, 0.1)
+    assert len({str(recipe(name).data) for name in RECIPES}) == 1, "the recipes must share one data split"
+    tok, train_ids, val_ids, _ = load_text_data(recipe("reference").data)
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [None]
     rows = []
     for name in args.recipes.split(","):
