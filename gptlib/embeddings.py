@@ -66,23 +66,26 @@ class TokenEmbedding(nn.Embedding):
 
 # %% ../notebooks/02_embeddings.ipynb #ch02-032
 class _PositionTable(nn.Module):
-    """Shared ``forward`` of the position modules: the first ``T`` rows of ``self.weight``."""
+    """Shared ``forward`` of the position modules: ``T`` rows of ``self.weight`` from ``start``."""
 
     block_size: int
     n_embd: int
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` is ``(B, T)`` token ids or ``(B, T, C)`` embeddings; returns ``(T, n_embd)``."""
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``x`` is ``(B, T)`` token ids or ``(B, T, C)`` embeddings; returns ``(T, n_embd)``: the
+        vectors of positions ``start .. start + T - 1`` (``start`` > 0 when earlier tokens were
+        already processed, as with Chapter 7's KV cache)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a tensor, got {type(x).__name__}")
         if x.dim() not in (2, 3):
             raise ValueError("expected (B, T) token ids or (B, T, C) embeddings, "
                              f"got a tensor of shape {tuple(x.shape)}")
         T = x.shape[1]
-        if T > self.block_size:
-            raise ValueError(f"sequence length T={T} exceeds block_size={self.block_size}: "
-                             f"crop the input to its last {self.block_size} tokens")
-        return self.weight[:T]
+        if start + T > self.block_size:
+            raise ValueError(f"positions up to {start + T - 1} (T={T}, start={start}) exceed "
+                             f"block_size={self.block_size}: crop the input to its last "
+                             f"{self.block_size - start} tokens")
+        return self.weight[start:start + T]
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}, n_embd={self.n_embd}"

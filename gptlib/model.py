@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlib.block import Block, LayerNorm
-from gptlib.embeddings import PositionalEmbedding, TokenEmbedding
+from gptlib.embeddings import INIT_STD, PositionalEmbedding, TokenEmbedding
 
 # %% ../notebooks/05_transformer_block.ipynb #51d5a8f0
 IGNORE_INDEX = -100  # a target with this value adds nothing to the loss (padding, prompt tokens)
@@ -98,7 +98,7 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self, std: float = 0.02) -> None:
+    def reset_parameters(self, std: float = INIT_STD) -> None:
         """GPT-2 initialisation: N(0, std) weights, zero biases, unit LayerNorm gains, and the
         projections that write into the residual stream (``c_proj``) scaled by 1/sqrt(2 n_layer)."""
         resid_std = std / math.sqrt(2 * self.config.n_layer)
@@ -149,8 +149,7 @@ class GPT(nn.Module):
         start = 0 if cache is None else len(cache)
         self._check_ids(idx, start)
         tr = self.transformer
-        pos = tr.wpe(idx) if start == 0 else tr.wpe.weight[start:start + idx.shape[1]]  # (T, C)
-        x = tr.drop(tr.wte(idx) + pos)                                                     # (B, T, C)
+        x = tr.drop(tr.wte(idx) + tr.wpe(idx, start))   # (B, T, C) + (T, C)
         layers = [None] * len(tr.h) if cache is None else cache.layers
         for block, layer_cache in zip(tr.h, layers):
             x = block(x, cache=layer_cache)

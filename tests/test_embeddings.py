@@ -66,8 +66,11 @@ def test_positions_forward_shapes_and_limits(cls):
         out = pos(x)
         assert out.shape == (10, 8) and torch.equal(out, pos.weight[:10])
     assert pos(torch.zeros(2, 16, dtype=torch.long)).shape == (16, 8)
-    with pytest.raises(ValueError, match="T=17 exceeds block_size=16"):
+    with pytest.raises(ValueError, match=r"T=17, start=0\) exceed block_size=16"):
         pos(torch.zeros(2, 17, dtype=torch.long))
+    assert torch.equal(pos(torch.zeros(2, 3, dtype=torch.long), start=13), pos.weight[13:16])
+    with pytest.raises(ValueError, match=r"T=3, start=14\) exceed block_size=16"):
+        pos(torch.zeros(2, 3, dtype=torch.long), start=14)
     for bad in (torch.zeros(5, dtype=torch.long), torch.zeros(1, 2, 3, 4)):
         with pytest.raises(ValueError, match=r"\(B, T\)"):
             pos(bad)
