@@ -17,7 +17,7 @@ from gptlib.generate import generate
 from gptlib.instruct import (exact_match, greedy_answers, mask_prompt, sft_batch, sft_pair,
                              train_sft)
 from gptlib.masking import padding_mask
-from gptlib.model import IGNORE_INDEX, GPT, GPTConfig
+from gptlib.model import IGNORE_INDEX, GPTConfig
 from gptlib.tokenizer import CharTokenizer
 
 
@@ -31,9 +31,10 @@ def tok(text):
     return CharTokenizer(text)
 
 
-def tiny(vocab=65, block=128):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=16))
+@pytest.fixture
+def tiny(tiny_gpt):
+    """``tiny()``: a fresh 2-layer, 16-wide GPT over Tiny Shakespeare's 65 characters, context 128."""
+    return lambda: tiny_gpt(vocab_size=65, block_size=128, n_layer=2, n_head=2, n_embd=16)
 
 
 def recipe(steps=3, batch_size=2, lr=1e-3):
@@ -102,7 +103,7 @@ def test_pooling_picks_real_tokens():
         pool_last(h, mask[:, :3])
 
 
-def test_padding_never_changes_the_classifier(tok):
+def test_padding_never_changes_the_classifier(tok, tiny):
     clf = GPTClassifier(tiny(), 4, pooling="last").eval()
     ids, mask = encode_batch(["To be, or not", "to be"], tok, max_len=20)
     other = ids.masked_fill(~mask, 7)
@@ -120,7 +121,7 @@ def test_lm_targets_ignore_padding():
     assert lm_targets(ids, mask).tolist() == [[6, 7, I, I], [2, 3, 4, I]]
 
 
-def test_classifier_loss_and_auxiliary_lm_loss(tok):
+def test_classifier_loss_and_auxiliary_lm_loss(tok, tiny):
     clf = GPTClassifier(tiny(), 4)
     ids, mask = encode_batch(["abc", "de"], tok, max_len=8)
     labels = torch.tensor([0, 3])
@@ -133,7 +134,7 @@ def test_classifier_loss_and_auxiliary_lm_loss(tok):
         GPTClassifier(tiny(), 4, pooling="max")
 
 
-def test_set_trainable_modes():
+def test_set_trainable_modes(tiny):
     clf = GPTClassifier(tiny(), 4)
     head = sum(p.numel() for p in clf.head.parameters())
     assert set_trainable(clf, "head") == head
@@ -161,7 +162,7 @@ def test_mask_prompt_and_sft_batch(tok):
     assert (ids[1, short:] == 0).all() and (targets[1, short:] == IGNORE_INDEX).all()
 
 
-def test_masked_positions_contribute_nothing(tok):
+def test_masked_positions_contribute_nothing(tok, tiny):
     """Changing the logits at masked prompt positions leaves the loss and the gradients unchanged,
     and the model's loss is the mean cross-entropy over the response positions only."""
     model = tiny()
@@ -178,7 +179,7 @@ def test_masked_positions_contribute_nothing(tok):
     assert torch.allclose(model_loss, F.cross_entropy(full_logits[~masked], targets[~masked]))
 
 
-def test_greedy_answers_are_generate_per_prompt(tok):
+def test_greedy_answers_are_generate_per_prompt(tok, tiny):
     """Prompts of different lengths, batched by length, answer exactly as generate does alone."""
     model = tiny()
     prompts = ["To be", "or not to be, that is", "ay me"]   # two of length 5, one longer
@@ -191,7 +192,7 @@ def test_greedy_answers_are_generate_per_prompt(tok):
         greedy_answers(model, tok, ["x" * 127], max_new_tokens=5)
 
 
-def test_greedy_answers_stop_at_the_newline(tok):
+def test_greedy_answers_stop_at_the_newline(tok, tiny):
     model = tiny()
     newline = tok.encode("\n")[0]
     with torch.no_grad():   # hidden states all ones, every logit 0 but the newline's: "\n" at once
@@ -204,7 +205,7 @@ def test_greedy_answers_stop_at_the_newline(tok):
     assert exact_match(model, tok, [("abc", "\n"), ("de", "x\n")]) == 0.5
 
 
-def test_train_sft_uses_the_one_loop(tok):
+def test_train_sft_uses_the_one_loop(tok, tiny):
     model = tiny()
     pairs = [sft_pair(Example("To be or not", i % 4), KINDS) for i in range(8)]
     history = train_sft(model, pairs, tok, recipe(steps=6, batch_size=4, lr=3e-3))
@@ -212,7 +213,7 @@ def test_train_sft_uses_the_one_loop(tok):
     assert history.train_loss[-1] < history.train_loss[0] and not model.training
 
 
-def test_frozen_parameters_stay_put_and_runs_repeat(tok):
+def test_frozen_parameters_stay_put_and_runs_repeat(tok, tiny):
     data = ClassificationData.from_examples([Example("abc", 0), Example("de f", 1), Example("ghij", 2),
                                              Example("k", 1)], tok, 8)
     backbone = tiny()
@@ -224,7 +225,7 @@ def test_frozen_parameters_stay_put_and_runs_repeat(tok):
     assert history2.train_loss == history.train_loss and row2["accuracy"] == row["accuracy"]
 
 
-def test_checkpoint_roundtrip_reproduces_accuracy(tmp_path, tok):
+def test_checkpoint_roundtrip_reproduces_accuracy(tmp_path, tok, tiny):
     data = ClassificationData.from_examples([Example("abc", 0), Example("de f", 1), Example("ghij", 2),
                                              Example("k", 1)], tok, 8)
     row, clf, _ = finetune_run("t", tiny(), "full", data, data, recipe())

@@ -5,12 +5,12 @@ import torch.nn as nn
 
 from gptlib.classify import GPTClassifier, count_trainable, set_trainable
 from gptlib.lora import LoRALinear, apply_lora, lora_layers, merge_lora
-from gptlib.model import GPT, GPTConfig
 
 
-def tiny():
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16))
+@pytest.fixture
+def tiny(tiny_gpt):
+    """``tiny()``: a fresh 2-layer, 16-wide GPT (vocabulary 20, context 16)."""
+    return lambda: tiny_gpt(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
 def test_lora_linear_starts_as_base_and_scales():
@@ -50,7 +50,7 @@ def test_merge_and_unmerge():
     assert torch.allclose(layer.base.weight, w0, atol=1e-6) and torch.allclose(layer(x), before, atol=1e-5)
 
 
-def test_apply_lora_counts_and_merged_model_equals_unmerged():
+def test_apply_lora_counts_and_merged_model_equals_unmerged(tiny):
     model = tiny()
     names = apply_lora(model, r=2, alpha=4)
     assert len(names) == 2 * 4 and all(n.startswith("transformer.h.") for n in names)
@@ -69,7 +69,7 @@ def test_apply_lora_counts_and_merged_model_equals_unmerged():
     assert set(model.state_dict()) == set(tiny().state_dict())
 
 
-def test_apply_lora_errors_and_gradients():
+def test_apply_lora_errors_and_gradients(tiny):
     model = tiny()
     with pytest.raises(ValueError, match="no nn.Linear named"):
         apply_lora(model, targets=("q_proj",))

@@ -9,6 +9,8 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from gptlib.model import IGNORE_INDEX
+
 __all__ = ["plot_losses", "plot_confusion", "plot_results", "plot_loss_mask"]
 
 
@@ -74,12 +76,12 @@ def plot_results(rows: Sequence[Mapping], chance: float | None = None):
 
 def plot_loss_mask(tokens: Sequence[str], targets: Sequence[int], width: int = 48):
     """The characters of a prompt + response, each box coloured by whether its target is learned
-    (blue) or masked with -100 (grey). Box t shows input token t; its target is token t + 1."""
+    (blue) or masked with ``IGNORE_INDEX`` (-100, grey). Box t shows input token t; its target is token t + 1."""
     rows = (len(tokens) + width - 1) // width
     fig, ax = plt.subplots(figsize=(10, 0.45 * rows + 0.8), dpi=100)
     for t, (tok, tgt) in enumerate(zip(tokens, targets)):
         r, c = divmod(t, width)
-        colour = "#d0d0d0" if tgt == -100 else "#7fb2e5"
+        colour = "#d0d0d0" if tgt == IGNORE_INDEX else "#7fb2e5"
         ax.add_patch(plt.Rectangle((c, -r), 0.95, 0.9, color=colour))
         ax.text(c + 0.47, -r + 0.45, {"\n": "⏎", " ": "␣"}.get(tok, tok), ha="center",
                 va="center", fontsize=8, family="monospace")
