@@ -1,1 +1,71 @@
-"""gptlib: the GPT built in the Build a GPT course."""
+"""gptlib: the GPT built in the Build a GPT course, one module per chapter.
+
+The front door: the names a learner reaches for first, importable from ``gptlib`` itself::
+
+    from gptlib import GPT, GPTConfig, BPETokenizer, train, TrainConfig, generate
+
+    model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))
+    history = train(model, train_data, val_data, TrainConfig(max_steps=200))
+    text_ids = generate(model, prompt_ids, max_new_tokens=100, temperature=0.8)
+
+Where each idea lives (hand-written support modules in brackets):
+
+=================  =======  ==========================================================
+module             chapter  what it holds
+=================  =======  ==========================================================
+tokenizer          1        ``BPETokenizer`` (training, encoding, tiktoken parity), ``CharTokenizer``
+data, embeddings   2        windows and batches (``get_batch``); token and position embeddings
+masking            3        the causal mask, masked softmax, padding masks
+attention          4        ``CausalSelfAttention`` (its optional ``cache`` serves generation)
+block, model       5        LayerNorm, GELU, MLP, ``Block``; ``GPT`` and ``GPTConfig``, GPT-2 weights
+train, checkpoint  6        the one training loop ``train``, recipes, evaluation; safe checkpoints
+generate           7        sampling filters, the one generation loop ``generate``, ``KVCache``
+forgery, classify, 8        the fine-tuning task, classification heads, instruction tuning, LoRA
+instruct, lora
+[runtime]                   device, run profile, atomic writes, the artefact cache
+[datasets]                  checksummed downloads
+[exercises], [viz]          the exercise checks; pictures and widgets (matplotlib stays out of the model)
+=================  =======  ==========================================================
+
+The front-door names are imported on first use, so ``import gptlib.model`` stays light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_FRONT_DOOR = {
+    "BPETokenizer": "tokenizer", "CharTokenizer": "tokenizer",
+    "get_batch": "data",
+    "CausalSelfAttention": "attention",
+    "Block": "block",
+    "GPT": "model", "GPTConfig": "model",
+    "train": "train", "TrainConfig": "train", "load_recipe": "train",
+    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "generate": "generate", "stream": "generate", "KVCache": "generate",
+}
+
+__all__ = sorted(_FRONT_DOOR)
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ imports on demand
+    from gptlib.attention import CausalSelfAttention
+    from gptlib.block import Block
+    from gptlib.checkpoint import load_checkpoint, save_checkpoint
+    from gptlib.data import get_batch
+    from gptlib.generate import KVCache, generate, stream
+    from gptlib.model import GPT, GPTConfig
+    from gptlib.tokenizer import BPETokenizer, CharTokenizer
+    from gptlib.train import TrainConfig, load_recipe, train
+
+
+def __getattr__(name: str):
+    module = _FRONT_DOOR.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gptlib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"gptlib.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FRONT_DOOR))
