@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import print_table, result_name, write_results  # noqa: E402
 
-from gptlib.generate import generate  # noqa: E402
+from gptlib.sampling import generate  # noqa: E402
 from gptlib.model import GPT, GPTConfig  # noqa: E402
 from gptlib.runtime import get_device  # noqa: E402
 

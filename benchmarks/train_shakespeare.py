@@ -1,6 +1,6 @@
 """Train character-level GPTs on Tiny Shakespeare and record time, throughput and validation loss.
 
-Recipes (each one file in ``configs/``, the same files Chapter 6 and ``python -m gptlib.train``
+Recipes (each one file in ``configs/``, the same files Chapter 6 and ``python -m gptlib.training``
 read; a recipe that differs from a file in one field is derived from it here, by name)
 -------
 reference  ``configs/shakespeare_char_reference.json``: the well-known CPU recipe: 4 layers, 4
@@ -26,7 +26,7 @@ gpu        ``configs/shakespeare_char_gpu.json``: the chapter's gpu profile: the
 How validation is measured (the same for every recipe, on the same held-out split: the last 10%
 of the characters):
 - ``best_val``: during training, every ``eval_interval`` steps, the mean loss over ``eval_iters``
-  fixed random batches of the validation split (``gptlib.train.evaluate``), the lowest of these.
+  fixed random batches of the validation split (``gptlib.training.evaluate``), the lowest of these.
   The same windows every time, so successive estimates differ only because the model changed.
 - ``best_val_resampled``: at the same steps, the mean over ``eval_iters`` *freshly drawn* batches
   (new windows at every evaluation), the lowest of these. This is how the well-known
@@ -57,7 +57,7 @@ from _common import print_table, result_name, write_results  # noqa: E402
 import torch  # noqa: E402
 
 from gptlib.model import GPT, GPTConfig  # noqa: E402
-from gptlib.train import (Recipe, TrainConfig, autocast_context, evaluate, evaluate_full,  # noqa: E402
+from gptlib.training import (Recipe, TrainConfig, autocast_context, evaluate, evaluate_full,  # noqa: E402
                           load_recipe, load_text_data, train)
 
 # name -> (recipe file in configs/, the TrainConfig fields this run changes)

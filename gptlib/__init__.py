@@ -18,8 +18,9 @@ data, embeddings   2        windows and batches (``get_batch``); token and posit
 masking            3        the causal mask, masked softmax, padding masks
 attention          4        ``CausalSelfAttention`` (its optional ``cache`` serves generation)
 block, model       5        LayerNorm, GELU, MLP, ``Block``; ``GPT`` and ``GPTConfig``, GPT-2 weights
-train, checkpoint  6        the one training loop ``train``, recipes, evaluation; safe checkpoints
-generate           7        sampling filters, the one generation loop ``generate``, ``KVCache``
+training,          6        the one training loop ``train``, recipes, evaluation; safe checkpoints
+checkpoint
+sampling           7        sampling filters, the one generation loop ``generate``, ``KVCache``
 forgery, classify, 8        the fine-tuning task, classification heads, instruction tuning, LoRA
 instruct, lora
 [runtime]                   device, run profile, atomic writes, the artefact cache
@@ -27,7 +28,9 @@ instruct, lora
 [exercises], [viz]          the exercise checks; pictures and widgets (matplotlib stays out of the model)
 =================  =======  ==========================================================
 
-The front-door names are imported on first use, so ``import gptlib.model`` stays light.
+The front-door names are imported on first use, so ``import gptlib.model`` stays light. (The
+modules are named ``training`` and ``sampling``, not ``train`` and ``generate``, so that
+``gptlib.train`` is always the function, whatever else has been imported.)
 """
 from __future__ import annotations
 
@@ -40,9 +43,9 @@ _FRONT_DOOR = {
     "CausalSelfAttention": "attention",
     "Block": "block",
     "GPT": "model", "GPTConfig": "model",
-    "train": "train", "TrainConfig": "train", "load_recipe": "train",
+    "train": "training", "TrainConfig": "training", "load_recipe": "training",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
-    "generate": "generate", "stream": "generate", "KVCache": "generate",
+    "generate": "sampling", "stream": "sampling", "KVCache": "sampling",
 }
 
 __all__ = sorted(_FRONT_DOOR)
@@ -52,10 +55,10 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ im
     from gptlib.block import Block
     from gptlib.checkpoint import load_checkpoint, save_checkpoint
     from gptlib.data import get_batch
-    from gptlib.generate import KVCache, generate, stream
+    from gptlib.sampling import KVCache, generate, stream
     from gptlib.model import GPT, GPTConfig
     from gptlib.tokenizer import BPETokenizer, CharTokenizer
-    from gptlib.train import TrainConfig, load_recipe, train
+    from gptlib.training import TrainConfig, load_recipe, train
 
 
 def __getattr__(name: str):

@@ -6,7 +6,7 @@ A checkpoint holds the weights, the optimizer state, the step, every random-numb
 configs and the history so far. It is written atomically (:func:`gptlib.runtime.atomic_write`)
 and read without unpickling code (``torch.load(weights_only=True)``); a file that is corrupt, not
 a checkpoint, or made for another model gives a :class:`CheckpointError` that says which.
-:func:`gptlib.train.train` writes and resumes them; :func:`model_from_checkpoint` rebuilds a GPT.
+:func:`gptlib.training.train` writes and resumes them; :func:`model_from_checkpoint` rebuilds a GPT.
 """
 
 # %% auto #0

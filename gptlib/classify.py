@@ -31,7 +31,7 @@ from gptlib.lora import apply_lora, merge_lora
 from gptlib.masking import padding_mask
 from gptlib.model import GPT, GPTConfig, IGNORE_INDEX
 from gptlib.runtime import atomic_write, positive_int
-from gptlib.train import History, TrainConfig, train
+from gptlib.training import History, TrainConfig, train
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-019
 def encode_batch(texts: Sequence[str], tokenizer, max_len: int, pad_id: int = 0

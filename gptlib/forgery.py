@@ -26,7 +26,7 @@ from safetensors.torch import load_model, save_model
 
 from gptlib.model import GPT, GPTConfig
 from gptlib.runtime import artifact_dir, atomic_write
-from gptlib.train import TrainConfig, train
+from gptlib.training import TrainConfig, train
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-004
 # The chapter's sizes for each run profile; `benchmarks/finetune.py` runs the same ones.
@@ -188,7 +188,7 @@ def make_forgery_task(text: str, val_fraction: float = 0.1, n_train_per_class: i
 # %% ../notebooks/08_finetuning.ipynb #ch08-015
 def finetune_config(steps: int, batch_size: int, lr: float, weight_decay: float = 0.01,
                     seed: int = 0) -> TrainConfig:
-    """The chapter's training recipe, as Chapter 6's :class:`~gptlib.train.TrainConfig`.
+    """The chapter's training recipe, as Chapter 6's :class:`~gptlib.training.TrainConfig`.
 
     ``steps`` optimizer steps on batches of ``batch_size``: a linear warmup over the first 10
     steps (fewer in a shorter run), then a cosine from ``lr`` down to ``lr / 10``; AdamW with

@@ -13,10 +13,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from gptlib.generate import generate
+from gptlib.sampling import generate
 from gptlib.masking import padding_mask
 from gptlib.model import GPT, IGNORE_INDEX
-from gptlib.train import History, TrainConfig, train
+from gptlib.training import History, TrainConfig, train
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-047
 SFT_PROMPT = "Genuine or forged?\n{text}\nAnswer: "

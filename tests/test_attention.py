@@ -193,7 +193,7 @@ def test_fully_masked_row_gives_zero_weights_not_nan(g):
 
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_cache_pieces_equal_one_pass(g, need_weights):
-    from gptlib.generate import LayerKVCache
+    from gptlib.sampling import LayerKVCache
     attn = CausalSelfAttention(32, 4).eval().double()
     x = torch.randn(2, 11, 32, generator=g, dtype=torch.float64)
     cache = LayerKVCache(capacity=16)

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from gptlib.exercises import run_check
-from gptlib.train import bits_per_char, lr_at, param_groups
+from gptlib.training import bits_per_char, lr_at, param_groups
 
 
 def _failed(exercise_id, candidate, phrase):

@@ -121,7 +121,7 @@ def test_reference_passes(ex, ref):
 
 
 def test_library_functions_pass():
-    from gptlib.generate import next_token_probs
+    from gptlib.sampling import next_token_probs
     assert run_check("7.1", lambda z, t: next_token_probs(z, temperature=t)).passed
     assert run_check("7.2", lambda z, k: next_token_probs(z, top_k=k)).passed
     assert run_check("7.3", lambda z, p: next_token_probs(z, top_p=p)).passed

@@ -13,7 +13,7 @@ from gptlib.classify import (ClassificationData, GPTClassifier, encode_batch, fi
 from gptlib.datasets import load_text
 from gptlib.forgery import (KINDS, Example, corrupt, finetune_config, make_forgery_task, passage,
                             pretrained_char_model, split_speeches)
-from gptlib.generate import generate
+from gptlib.sampling import generate
 from gptlib.instruct import (exact_match, greedy_answers, mask_prompt, sft_batch, sft_pair,
                              train_sft)
 from gptlib.masking import padding_mask

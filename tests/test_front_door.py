@@ -21,8 +21,8 @@ def test_unknown_name_is_an_attribute_error():
 
 
 def test_importing_the_model_stays_light():
-    code = ("import sys, gptlib.model, gptlib.generate; "
-            "print(sorted(m for m in ('matplotlib', 'ipywidgets', 'gptlib.train', 'gptlib.viz') "
+    code = ("import sys, gptlib.model, gptlib.sampling; "
+            "print(sorted(m for m in ('matplotlib', 'ipywidgets', 'gptlib.training', 'gptlib.viz') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

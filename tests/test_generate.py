@@ -1,4 +1,4 @@
-"""gptlib.generate: sampling filters, the generation loop, streaming, stop tokens, the KV cache."""
+"""gptlib.sampling: sampling filters, the generation loop, streaming, stop tokens, the KV cache."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlib.block import Block, PostLNBlock
-from gptlib.generate import (KVCache, apply_temperature, check_sampling_args, generate, next_token_probs, sample_next, stream, top_k_filter,
+from gptlib.sampling import (KVCache, apply_temperature, check_sampling_args, generate, next_token_probs, sample_next, stream, top_k_filter,
                              top_p_filter)
 from gptlib.model import GPT, GPTConfig
 

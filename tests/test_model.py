@@ -83,7 +83,7 @@ def test_bad_input_gives_clear_errors(model):
         model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(IndexError, match="out of bounds"):   # cross-entropy's own check
         model(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[1, 2, 3, 77]]))
-    from gptlib.generate import KVCache
+    from gptlib.sampling import KVCache
     cache = KVCache(model.config.n_layer, 12)
     model(torch.zeros(1, 10, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="length 13 after 10 cached positions exceeds block_size 12"):

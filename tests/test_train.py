@@ -1,4 +1,4 @@
-"""gptlib.train: metrics, optimizer groups, schedule, evaluation, precision switches, the loop and its
+"""gptlib.training: metrics, optimizer groups, schedule, evaluation, precision switches, the loop and its
 hooks, recipes, the CLI."""
 import json
 import math
@@ -12,7 +12,7 @@ import torch
 
 from gptlib.model import GPT, GPTConfig
 from gptlib.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
-from gptlib.train import (DistInfo, History, Recipe, TrainConfig, autocast_context, bits_per_char,
+from gptlib.training import (DistInfo, History, Recipe, TrainConfig, autocast_context, bits_per_char,
                           configure_optimizer, draw_batch, evaluate, evaluate_full, load_recipe, lr_at,
                           maybe_compile, param_groups, perplexity, recipe_file, resolve_precision, train,
                           uniform_loss)
@@ -183,7 +183,7 @@ def test_cli_trains_and_writes_checkpoint(tmp_path):
               "out_dir": str(tmp_path / "run")}
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(config))
-    out = subprocess.run([sys.executable, "-m", "gptlib.train", "--config", str(path), "--no-progress"],
+    out = subprocess.run([sys.executable, "-m", "gptlib.training", "--config", str(path), "--no-progress"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "GPTLIB_THREADS": "1"})
     assert out.returncode == 0, out.stderr
@@ -196,7 +196,7 @@ def test_cli_trains_and_writes_checkpoint(tmp_path):
 def test_cli_rejects_unknown_keys(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"train": {"max_steps": 2}, "modle": {}}))
-    out = subprocess.run([sys.executable, "-m", "gptlib.train", "--config", str(path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "gptlib.training", "--config", str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "unknown config sections: modle" in out.stderr
 
@@ -332,7 +332,7 @@ def test_unknown_recipe_name_lists_the_known_ones():
 
 def test_cli_runs_the_smoke_recipe_as_the_chapter_prints_it(tmp_path):
     """The chapter's command, from the repository root, on the committed smoke recipe."""
-    out = subprocess.run([sys.executable, "-m", "gptlib.train", "--config", "configs/shakespeare_char_smoke.json",
+    out = subprocess.run([sys.executable, "-m", "gptlib.training", "--config", "configs/shakespeare_char_smoke.json",
                           "--out-dir", str(tmp_path / "run"), "--until", "3", "--no-progress"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "GPTLIB_THREADS": "1"})

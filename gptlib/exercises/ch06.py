@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from gptlib.exercises import CheckFailed, exercise, expect
-from gptlib.train import bits_per_char, lr_at, param_groups
+from gptlib.training import bits_per_char, lr_at, param_groups
 
 
 def _close(a, b, tol: float = 1e-9) -> bool:

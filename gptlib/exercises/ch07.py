@@ -1,7 +1,7 @@
 """Checks for Chapter 7 (sampling): temperature, top-k and top-p as probability distributions.
 
 Hand-written. Each candidate takes logits of shape (batch, vocab_size) and returns the
-probabilities to sample from; we compare with :func:`gptlib.generate.next_token_probs` and,
+probabilities to sample from; we compare with :func:`gptlib.sampling.next_token_probs` and,
 when they differ, probe for the usual mistakes to name the likely one.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlib.exercises import CheckFailed, exercise, expect
-from gptlib.generate import next_token_probs
+from gptlib.sampling import next_token_probs
 
 _ATOL = 1e-5
 

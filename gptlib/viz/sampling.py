@@ -123,7 +123,7 @@ def playground(model, encode: Callable[[str], list], decode: Callable[[list], st
     import ipywidgets as w
     from IPython.display import display
 
-    from gptlib.generate import stream
+    from gptlib.sampling import stream
 
     text = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="95%"))
     temperature = w.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="temperature")

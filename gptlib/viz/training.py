@@ -3,7 +3,7 @@ overfitting runs side by side, and a live loss plot for interactive notebooks.
 
 Hand-written. Model and training code never import this module; the notebook calls one function
 per figure and then ``plt.show()``. A ``History`` is anything with the fields of
-:class:`gptlib.train.History` (``step``, ``lr``, ``train_loss``, ``grad_norm``, ``eval_step``,
+:class:`gptlib.training.History` (``step``, ``lr``, ``train_loss``, ``grad_norm``, ``eval_step``,
 ``val_loss``, ``eval_train_loss``).
 """
 from __future__ import annotations

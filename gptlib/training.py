@@ -7,9 +7,9 @@ schedule, evaluation, the mixed-precision and ``torch.compile`` switches, :class
 run recipes (one JSON file per run in ``configs/``, read by :func:`load_recipe`), :func:`train`
 and the command line::
 
-    python -m gptlib.train --config configs/shakespeare_char_cpu.json
+    python -m gptlib.training --config configs/shakespeare_char_cpu.json
 
-Checkpoints live in :mod:`gptlib.checkpoint`; the generation loop in :mod:`gptlib.generate`.
+Checkpoints live in :mod:`gptlib.checkpoint`; the generation loop in :mod:`gptlib.sampling`.
 """
 
 # %% auto #0
@@ -656,10 +656,10 @@ def _run_recipe(recipe: Recipe, out_dir: str | None = None, resume: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m gptlib.train --config RECIPE [--out-dir DIR] [--resume] [--until STEP]``
+    """``python -m gptlib.training --config RECIPE [--out-dir DIR] [--resume] [--until STEP]``
     (also under torchrun). RECIPE is a JSON file (``configs/shakespeare_char_cpu.json``) or the
     name of one in ``configs/`` (``shakespeare_char_cpu``)."""
-    parser = argparse.ArgumentParser(prog="python -m gptlib.train", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gptlib.training", description=main.__doc__)
     parser.add_argument("--config", required=True, help="a recipe: a JSON file, or a name in configs/")
     parser.add_argument("--out-dir", default=None, help="where ckpt.pt and history.json go (default: the recipe's out_dir)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
