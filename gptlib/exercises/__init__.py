@@ -18,7 +18,7 @@ a printed verdict and returns a :class:`CheckResult`:
 * ``error``   the candidate crashed; the exception is shown.
 
 When ``GPTLIB_GRADE_LOG`` names a file, each verdict is also appended to it as a JSON line;
-``python -m gptlib.grade`` uses that to build a gradebook.
+``python -m tools.grade`` (``make grade``) uses that to build a gradebook.
 """
 from __future__ import annotations
 
