@@ -1,7 +1,7 @@
 # Build a GPT — every target sets up what it needs (a .venv with the tested versions) by itself.
 #   make book   build the rendered book into _build/html, executing every chapter (cpu profile)
-#   make test   the whole test suite: unit tests, notebooks (nbval, smoke), export sync,
-#               student versions, grading, the book build with warnings as errors, a browser check
+#   make test   the whole test suite: unit tests, export sync, student versions, grading, the
+#               book build (every notebook executed afresh, smoke) with warnings as errors, a browser check
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -44,20 +44,25 @@ book: $(STAMP)
 	GPTLIB_PROFILE=$$profile $(VENV)/bin/jupyter-book build . $(JB_FLAGS) --config _build/_config.book.yml
 	@echo "Open _build/html/index.html"
 
-# The same book in the smoke profile, into _build/smoke (what `make test` checks).
+# The same book in the smoke profile, into _build/smoke (what `make test` checks). Every notebook is
+# executed afresh (no cache: the cache keys on a notebook's code, not on gptlib's), and a cell that
+# raises fails the build (allow_errors: false, -W), so this is also the notebooks' execution test.
 book-smoke: $(STAMP)
 	@mkdir -p _build/smoke
-	sed 's#_build/.jupyter_cache#_build/smoke/.jupyter_cache#' _config.yml > _build/smoke/_config.yml
+	sed -e 's#_build/.jupyter_cache#_build/smoke/.jupyter_cache#' \
+	    -e 's#execute_notebooks: cache#execute_notebooks: force#' _config.yml > _build/smoke/_config.yml
 	GPTLIB_PROFILE=smoke $(VENV)/bin/jupyter-book build . $(JB_FLAGS) \
 	    --config _build/smoke/_config.yml --path-output _build/smoke
 
 test: export OMP_NUM_THREADS ?= 1
 test: $(STAMP)
-	$(MAKE) --no-print-directory test-unit test-notebooks test-book test-browser
+	$(MAKE) --no-print-directory test-unit test-book test-browser
 
 test-unit: $(STAMP)
 	GPTLIB_PROFILE=smoke $(PY) -m pytest -q tests --ignore=tests/browser
 
+# nbval on every notebook: not part of `make test` (the smoke book build executes each notebook
+# once already); for one chapter at a time, and for the gpu profile on a GPU machine.
 test-notebooks: $(STAMP)
 	GPTLIB_PROFILE=smoke $(PY) -m pytest -q --nbval-lax -p no:cacheprovider $(NOTEBOOKS)
 

@@ -1,4 +1,4 @@
-"""What every committed notebook must look like (no execution here: nbval runs them)."""
+"""What every committed notebook must look like (no execution here: the smoke book build runs them)."""
 import re
 
 import nbformat
