@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlib.masking import causal_mask, masked_softmax
+from gptlib.runtime import positive_int
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -136,16 +137,15 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
                  block_size: Optional[int] = None):
         super().__init__()
-        for name, value in (("n_embd", n_embd), ("n_head", n_head)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int("n_embd", n_embd)
+        positive_int("n_head", n_head)
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd = {n_embd} is not divisible by n_head = {n_head}: every head "
                              f"needs the same number of channels")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if block_size is not None and (not isinstance(block_size, int) or block_size <= 0):
-            raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+        if block_size is not None:
+            positive_int("block_size", block_size)
         self.n_embd, self.n_head, self.head_size = n_embd, n_head, n_embd // n_head
         self.dropout, self.block_size = dropout, block_size
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # x -> q | k | v

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlib.attention import CausalSelfAttention
+from gptlib.runtime import positive_int
 
 # %% ../notebooks/05_transformer_block.ipynb #1efdf4f0
 class LayerNorm(nn.Module):
@@ -91,8 +92,8 @@ class MLP(nn.Module):
 
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True, expansion: int = 4):
         super().__init__()
-        if n_embd <= 0 or expansion <= 0:
-            raise ValueError(f"MLP needs positive sizes, got n_embd={n_embd}, expansion={expansion}")
+        positive_int("n_embd", n_embd)
+        positive_int("expansion", expansion)
         self.c_fc = nn.Linear(n_embd, expansion * n_embd, bias=bias)
         self.gelu = GELU()
         self.c_proj = nn.Linear(expansion * n_embd, n_embd, bias=bias)

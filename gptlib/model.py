@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from gptlib.block import Block, LayerNorm
 from gptlib.embeddings import INIT_STD, PositionalEmbedding, TokenEmbedding
+from gptlib.runtime import positive_int
 
 # %% ../notebooks/05_transformer_block.ipynb #51d5a8f0
 IGNORE_INDEX = -100  # a target with this value adds nothing to the loss (padding, prompt tokens)
@@ -43,9 +44,7 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            positive_int(f"GPTConfig.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
                              "each head gets n_embd // n_head dimensions")

@@ -1,5 +1,6 @@
 """What a learner without a clone gets (Colab installs the wheel): every subpackage, the recipe
 files, and none of the course tooling."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,9 +12,13 @@ from conftest import ROOT
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):      # build from a copy: setuptools
+        shutil.copy(ROOT / name, src / name)                     # writes build/ beside the source
+    for name in ("gptlib", "configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    str(ROOT), "-w", str(out)], check=True, capture_output=True)
+                    str(src), "-w", str(out)], check=True, capture_output=True)
     (path,) = out.glob("gptlib-*.whl")
     return path
 
