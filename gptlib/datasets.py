@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from gptlib.runtime import atomic_write
 
 __all__ = ["Dataset", "DATASETS", "DatasetUnavailableError", "ChecksumError",
            "cache_dir", "fetch", "fetch_url", "load_text", "sha256_of"]
@@ -72,27 +73,22 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _download(url: str, target: Path, sha256: str, size: int | None, timeout: float) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
+    """Stream ``url`` into ``target`` through :func:`gptlib.runtime.atomic_write`, checking its size
+    and SHA-256 before the file takes its name: a failed check leaves nothing behind."""
+    def write(tmp: Path) -> None:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             while block := response.read(1 << 20):
                 digest.update(block)
                 out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
         got_size = tmp.stat().st_size
         if size is not None and got_size != size:
             raise ChecksumError(f"{url} gave {got_size:,} bytes, expected {size:,}; nothing was saved")
         if digest.hexdigest() != sha256:
             raise ChecksumError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}; "
                                 "nothing was saved")
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(target, write)
 
 
 def fetch_url(url: str, filename: str, sha256: str, size: int | None = None,
