@@ -51,14 +51,14 @@ _FRONT_DOOR = {
 __all__ = sorted(_FRONT_DOOR)
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ imports on demand
-    from gptlib.attention import CausalSelfAttention
-    from gptlib.block import Block
-    from gptlib.checkpoint import load_checkpoint, save_checkpoint
-    from gptlib.data import get_batch
-    from gptlib.sampling import KVCache, generate, stream
-    from gptlib.model import GPT, GPTConfig
-    from gptlib.tokenizer import BPETokenizer, CharTokenizer
-    from gptlib.training import TrainConfig, load_recipe, train
+    from gptlib.attention import CausalSelfAttention as CausalSelfAttention
+    from gptlib.block import Block as Block
+    from gptlib.checkpoint import load_checkpoint as load_checkpoint, save_checkpoint as save_checkpoint
+    from gptlib.data import get_batch as get_batch
+    from gptlib.sampling import KVCache as KVCache, generate as generate, stream as stream
+    from gptlib.model import GPT as GPT, GPTConfig as GPTConfig
+    from gptlib.tokenizer import BPETokenizer as BPETokenizer, CharTokenizer as CharTokenizer
+    from gptlib.training import TrainConfig as TrainConfig, load_recipe as load_recipe, train as train
 
 
 def __getattr__(name: str):

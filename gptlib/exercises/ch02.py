@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from gptlib.embeddings import sinusoidal_encoding
 from gptlib.exercises import CheckFailed, exercise, expect

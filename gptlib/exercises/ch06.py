@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn as nn
 
 from gptlib.exercises import CheckFailed, exercise, expect
-from gptlib.training import bits_per_char, lr_at, param_groups
+from gptlib.training import bits_per_char, lr_at
 
 
 def _close(a, b, tol: float = 1e-9) -> bool:
