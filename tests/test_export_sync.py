@@ -71,3 +71,12 @@ def test_a_leading_string_cell_becomes_the_module_docstring(tmp_path):
     namespace = {}
     exec(compile(beta, "beta.py", "exec"), namespace)
     assert namespace.get("__doc__") is None and "Not first" in beta
+
+
+def test_solution_markers_never_reach_the_module(tmp_path):
+    _export_demo(tmp_path, "#| default_exp alpha",
+                 "#| export\ndef a(x):\n    \"\"\"Twice x.\"\"\"\n    ### BEGIN SOLUTION\n    return 2 * x\n"
+                 "    ### END SOLUTION")
+    alpha = (tmp_path / "gptlib" / "alpha.py").read_text()
+    assert "SOLUTION" not in alpha
+    assert "    \"\"\"Twice x.\"\"\"\n    return 2 * x" in alpha
