@@ -30,8 +30,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["check", "exercise", "expect", "CheckFailed", "CheckResult", "registry",
-           "run_check"]
+__all__ = ["check", "build", "check_package", "exercise", "expect", "CheckFailed", "CheckResult",
+           "registry", "run_check"]
 
 
 class CheckFailed(AssertionError):
@@ -43,6 +43,19 @@ class Exercise:
     id: str
     title: str
     func: Callable[[Any], None]
+    builds: str | None = None   # "gptlib.module:name": the component of gptlib this exercise writes
+
+    @property
+    def chapter(self) -> int:
+        return int(self.id.split(".")[0])
+
+    def reference(self) -> Any:
+        """The component this exercise builds, as the installed gptlib has it."""
+        module, _, name = self.builds.partition(":")
+        value = importlib.import_module(module)
+        for part in name.split("."):
+            value = getattr(value, part)
+        return value
 
 
 @dataclass
@@ -66,12 +79,20 @@ _REGISTRY: dict[str, Exercise] = {}
 _LOADED = False
 
 
-def exercise(exercise_id: str, title: str):
-    """Decorator that registers a check function under ``exercise_id`` (e.g. ``"1.2"``)."""
+def exercise(exercise_id: str, title: str, builds: str | None = None):
+    """Decorator that registers a check function under ``exercise_id`` (e.g. ``"1.2"``).
+
+    ``builds`` names the gptlib component the exercise writes (``"gptlib.attention:
+    CausalSelfAttention"``, a method as ``"gptlib.model:GPT.forward"``): :func:`build` falls back
+    to it, and :func:`check_package` checks it. Such a check must not compare the candidate with
+    that same gptlib component (a learner's own export would pass against itself): it compares
+    with PyTorch's own operations, an external reference (tiktoken, Hugging Face) or a private
+    reference kept in ``gptlib/exercises/``.
+    """
     def register(func):
         if exercise_id in _REGISTRY and _REGISTRY[exercise_id].func.__module__ != func.__module__:
             raise ValueError(f"exercise {exercise_id} is registered twice")
-        _REGISTRY[exercise_id] = Exercise(exercise_id, title, func)
+        _REGISTRY[exercise_id] = Exercise(exercise_id, title, func, builds)
         return func
     return register
 
@@ -134,3 +155,47 @@ def check(exercise_id: str, candidate: Any) -> CheckResult:
     print(line)
     _log(result)
     return result
+
+
+def build(exercise_id: str, candidate: Any) -> Any:
+    """Check the learner's component and return the one the chapter uses from here on.
+
+    Yours when its check passes; otherwise gptlib's reference (and a line says so), so that a
+    notebook with an exercise not done, or not done yet, still runs to the end::
+
+        CausalSelfAttention = build("4.4", CausalSelfAttention)
+    """
+    result = check(exercise_id, candidate)
+    if result.passed:
+        return candidate
+    spec = registry()[exercise_id]
+    if spec.builds is None:
+        raise ValueError(f"exercise {exercise_id} names no gptlib component to fall back to")
+    print(f"   the rest of this chapter uses gptlib's {spec.builds.replace(':', '.')} instead")
+    return spec.reference()
+
+
+class PackageCheckFailed(RuntimeError):
+    """A component of the installed gptlib fails the check of the exercise that builds it."""
+
+
+def check_package(*chapters: int) -> None:
+    """Check the components of the installed gptlib that ``chapters`` build (all, if none given).
+
+    A chapter that imports earlier chapters' work from gptlib can start with this: when your own
+    exported notebooks are installed, a wrong component is caught here, named with its chapter and
+    exercise, instead of surfacing as a wrong number three chapters later.
+    """
+    failures = []
+    for spec in registry().values():
+        if spec.builds is None or (chapters and spec.chapter not in chapters):
+            continue
+        result = run_check(spec.id, spec.reference())
+        if not result.passed:
+            failures.append(f"{spec.builds.replace(':', '.')} (Chapter {spec.chapter}, Exercise "
+                            f"{spec.id}: {spec.title}): {result.status}: {result.message}")
+    if failures:
+        raise PackageCheckFailed(
+            "your gptlib has components that fail their checks:\n  " + "\n  ".join(failures)
+            + "\nFix the exercise in its chapter's notebook and run `make export` again (or "
+              "reinstall the course's gptlib to use the reference).")

@@ -1,0 +1,55 @@
+"""The build track: a learner's component is used when its check passes, gptlib's otherwise, and
+a wrong component in the installed gptlib is named with its chapter and exercise."""
+import math
+
+import pytest
+
+from gptlib import exercises
+from gptlib.exercises import Exercise, PackageCheckFailed, build, check_package, expect
+
+
+def _check_sqrt(candidate):
+    for x in (0.0, 2.0, 9.0):
+        expect(abs(candidate(x) - x ** 0.5) < 1e-12, f"sqrt({x}) should be {x ** 0.5}")
+
+
+@pytest.fixture
+def sqrt_exercise(monkeypatch):
+    spec = Exercise("99.1", "Square root", _check_sqrt, builds="math:sqrt")
+    monkeypatch.setitem(exercises._REGISTRY, "99.1", spec)
+    exercises.registry()            # load the real chapters first, so the fixture entry stays
+    monkeypatch.setitem(exercises._REGISTRY, "99.1", spec)
+    return spec
+
+
+def test_build_keeps_a_passing_component(sqrt_exercise, capsys):
+    def mine(x):
+        return x ** 0.5
+    assert build("99.1", mine) is mine
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("candidate, status", [
+    (lambda x: x / 2, "failed"),
+    (lambda x: (_ for _ in ()).throw(NotImplementedError), "not done"),
+])
+def test_build_falls_back_to_gptlibs_component(sqrt_exercise, capsys, candidate, status):
+    assert build("99.1", candidate) is math.sqrt
+    out = capsys.readouterr().out
+    assert status in out and "uses gptlib's math.sqrt instead" in out
+
+
+def test_check_package_names_chapter_and_exercise(sqrt_exercise, monkeypatch):
+    check_package(99)                                    # math.sqrt passes its own check
+    monkeypatch.setattr(math, "sqrt", lambda x: x / 2)   # a wrong component "installed"
+    with pytest.raises(PackageCheckFailed) as err:
+        check_package(99)
+    message = str(err.value)
+    assert "math.sqrt (Chapter 99, Exercise 99.1: Square root): failed: " in message
+    assert "sqrt(2.0) should be" in message and "make export" in message
+
+
+def test_every_builds_target_exists():
+    for spec in exercises.registry().values():
+        if spec.builds:
+            assert spec.reference() is not None, spec.id
