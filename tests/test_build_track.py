@@ -53,3 +53,31 @@ def test_every_builds_target_exists():
     for spec in exercises.registry().values():
         if spec.builds:
             assert spec.reference() is not None, spec.id
+
+
+def test_student_notebooks_refilled_with_the_solutions_export_the_committed_modules(tmp_path):
+    """The round trip of the build track: a learner who solves every exercise as the reference
+    does, and runs `make export`, gets byte-for-byte the gptlib the course ships."""
+    import shutil
+
+    import nbformat
+
+    from tools import ROOT, export, student
+    (tmp_path / "notebooks").mkdir()
+    lib = tmp_path / "gptlib"
+    lib.mkdir()
+    exported = 0
+    for path in export.chapter_notebooks(ROOT):
+        instructor = nbformat.read(path, as_version=4)
+        learner = student.student_notebook(instructor)
+        refilled = student.refilled_notebook(learner, instructor)
+        for mine, theirs in zip(refilled.cells, instructor.cells):
+            assert mine.source == theirs.source, (path.name, mine.id)
+        target = tmp_path / "notebooks" / path.name
+        nbformat.write(refilled, target)
+        for module in export.export_notebook(target, lib):
+            committed = ROOT / "gptlib" / module.relative_to(lib)
+            assert module.read_bytes() == committed.read_bytes(), f"{committed} differs"
+            exported += 1
+    assert exported >= 12
+    shutil.rmtree(tmp_path)

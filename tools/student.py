@@ -26,10 +26,12 @@ _BEGIN_RE = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
 _END_RE = re.compile(r"^\s*### END SOLUTION\s*$")
 _FOLD_TAGS = {"hide-input", "hide-cell", "remove-input"}
 
-__all__ = ["strip_solutions", "student_notebook", "write_student_notebooks"]
+__all__ = ["strip_solutions", "solution_blocks", "refill_solutions", "student_notebook",
+           "refilled_notebook", "write_student_notebooks"]
+PLACEHOLDER = "raise NotImplementedError  # your code here"
 
 
-def strip_solutions(source: str, placeholder: str = "raise NotImplementedError  # your code here") -> str:
+def strip_solutions(source: str, placeholder: str = PLACEHOLDER) -> str:
     """Replace every solution block in ``source`` with ``placeholder`` (same indentation)."""
     out, inside = [], False
     for lineno, line in enumerate(source.splitlines(), 1):
@@ -50,6 +52,46 @@ def strip_solutions(source: str, placeholder: str = "raise NotImplementedError  
     if inside:
         raise ValueError(f"a {BEGIN} block is never closed by {END}")
     return "\n".join(out)
+
+
+def solution_blocks(source: str) -> list[list[str]]:
+    """The lines of each solution block in ``source``, markers included, in order."""
+    blocks, current = [], None
+    for line in source.splitlines():
+        if _BEGIN_RE.match(line):
+            current = [line]
+        elif current is not None:
+            current.append(line)
+            if _END_RE.match(line):
+                blocks.append(current)
+                current = None
+    return blocks
+
+
+def refill_solutions(student_source: str, blocks: list[list[str]]) -> str:
+    """Put ``blocks`` (from :func:`solution_blocks`) back in place of the placeholders of a student
+    cell, in order: what a learner's notebook holds once every exercise is solved as the reference."""
+    out, blocks = [], list(blocks)
+    for line in student_source.splitlines():
+        if line.strip() == PLACEHOLDER:
+            if not blocks:
+                raise ValueError("more placeholders than solutions")
+            out.extend(blocks.pop(0))
+        else:
+            out.append(line)
+    if blocks:
+        raise ValueError(f"{len(blocks)} solutions left over: the cells do not correspond")
+    return "\n".join(out)
+
+
+def refilled_notebook(student_nb, instructor_nb):
+    """``student_nb`` with every exercise solved as in ``instructor_nb`` (cells matched by id)."""
+    nb = copy.deepcopy(student_nb)
+    solutions = {c.id: solution_blocks(c.source) for c in instructor_nb.cells if c.cell_type == "code"}
+    for cell in nb.cells:
+        if cell.cell_type == "code" and PLACEHOLDER in cell.source:
+            cell.source = refill_solutions(cell.source, solutions[cell.id])
+    return nb
 
 
 def student_notebook(nb):
