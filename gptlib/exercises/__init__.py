@@ -44,6 +44,9 @@ class Exercise:
     title: str
     func: Callable[[Any], None]
     builds: str | None = None   # "gptlib.module:name": the component of gptlib this exercise writes
+    tier: str = "core"          # "warm-up", "core" or "stretch"
+    difficulty: int = 2         # 1 (a few lines) .. 3 (think hard)
+    importance: int = 2         # 1 (nice to know) .. 3 (the heart of the chapter)
 
     @property
     def chapter(self) -> int:
@@ -79,7 +82,11 @@ _REGISTRY: dict[str, Exercise] = {}
 _LOADED = False
 
 
-def exercise(exercise_id: str, title: str, builds: str | None = None):
+TIERS = ("warm-up", "core", "stretch")
+
+
+def exercise(exercise_id: str, title: str, builds: str | None = None, *, tier: str = "core",
+             difficulty: int = 2, importance: int = 2):
     """Decorator that registers a check function under ``exercise_id`` (e.g. ``"1.2"``).
 
     ``builds`` names the gptlib component the exercise writes (``"gptlib.attention:
@@ -87,12 +94,18 @@ def exercise(exercise_id: str, title: str, builds: str | None = None):
     to it, and :func:`check_package` checks it. Such a check must not compare the candidate with
     that same gptlib component (a learner's own export would pass against itself): it compares
     with PyTorch's own operations, an external reference (tiktoken, Hugging Face) or a private
-    reference kept in ``gptlib/exercises/``.
+    reference kept in ``gptlib/exercises/``. ``tier`` (warm-up, core, stretch), ``difficulty`` and
+    ``importance`` (1 to 3 each) are shown to the learner and counted per chapter.
     """
+    if tier not in TIERS or difficulty not in (1, 2, 3) or importance not in (1, 2, 3):
+        raise ValueError(f"exercise {exercise_id}: tier must be one of {TIERS}, difficulty and "
+                         f"importance 1..3; got {tier!r}, {difficulty!r}, {importance!r}")
+
     def register(func):
         if exercise_id in _REGISTRY and _REGISTRY[exercise_id].func.__module__ != func.__module__:
             raise ValueError(f"exercise {exercise_id} is registered twice")
-        _REGISTRY[exercise_id] = Exercise(exercise_id, title, func, builds)
+        _REGISTRY[exercise_id] = Exercise(exercise_id, title, func, builds, tier, difficulty,
+                                          importance)
         return func
     return register
 
