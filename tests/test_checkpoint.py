@@ -3,24 +3,18 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from gptlib.model import GPT, GPTConfig
+from gptlib.model import GPT
 from gptlib.checkpoint import (CheckpointError, best_checkpoint_path, load_checkpoint, model_from_checkpoint,
                                read_checkpoint, save_checkpoint)
 from gptlib.training import TrainConfig, evaluate, train
-
-ROOT = Path(__file__).resolve().parent.parent
+from tools import ROOT
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(**kw):
-    return GPTConfig(**{**dict(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=32), **kw})
 
 
 def data():
@@ -33,18 +27,18 @@ RUN = TrainConfig(max_steps=12, batch_size=4, grad_accum_steps=2, warmup_steps=3
                   eval_iters=2, log_interval=5, lr=3e-3, min_lr=3e-4)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_config):
     """Train 12 steps; separately train 5, save, build a *new* model in a scrambled RNG state,
     load, continue: same losses bit for bit (dropout on, so torch's RNG state matters)."""
     tr, va = data()
     torch.manual_seed(1)
-    whole = train(GPT(tiny(dropout=0.1)), tr, va, RUN, progress=False)
+    whole = train(GPT(tiny_config(dropout=0.1)), tr, va, RUN, progress=False)
     torch.manual_seed(1)
-    first = train(GPT(tiny(dropout=0.1)), tr, va, RUN, checkpoint_path=tmp_path / "c.pt", until_step=5,
-                  progress=False)
+    first = train(GPT(tiny_config(dropout=0.1)), tr, va, RUN, checkpoint_path=tmp_path / "c.pt",
+                  until_step=5, progress=False)
     assert len(first.train_loss) == 5 and read_checkpoint(tmp_path / "c.pt")["step"] == 5
     torch.manual_seed(999)
-    model = GPT(tiny(dropout=0.1))
+    model = GPT(tiny_config(dropout=0.1))
     resumed = train(model, tr, va, RUN, resume_from=tmp_path / "c.pt", progress=False)
     assert resumed.train_loss == whole.train_loss
     assert resumed.val_loss == whole.val_loss and resumed.grad_norm == whole.grad_norm
@@ -71,9 +65,9 @@ def test_resume_in_new_processes_via_cli(tmp_path):
     assert histories["split"]["val_loss"] == histories["whole"]["val_loss"]
 
 
-def test_roundtrip_restores_weights_optimizer_and_rng(tmp_path):
+def test_roundtrip_restores_weights_optimizer_and_rng(tmp_path, tiny_config):
     torch.manual_seed(0)
-    model = GPT(tiny())
+    model = GPT(tiny_config())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long))[1].backward()
     opt.step()
@@ -82,7 +76,7 @@ def test_roundtrip_restores_weights_optimizer_and_rng(tmp_path):
     save_checkpoint(tmp_path / "c.pt", model, opt, step=3, train_config=RUN, generator=gen,
                     extra={"note": "hi"})
     torch.rand(5), torch.rand(5, generator=gen)          # move both generators on
-    clone, opt2 = GPT(tiny()), None
+    clone, opt2 = GPT(tiny_config()), None
     opt2 = torch.optim.AdamW(clone.parameters(), lr=1e-3)
     payload = load_checkpoint(tmp_path / "c.pt", clone, opt2, generator=gen)
     assert payload["step"] == 3 and payload["extra"] == {"note": "hi"}
@@ -95,8 +89,8 @@ def test_roundtrip_restores_weights_optimizer_and_rng(tmp_path):
     assert rebuilt.config == model.config
 
 
-def test_write_is_atomic(tmp_path, monkeypatch):
-    model = GPT(tiny())
+def test_write_is_atomic(tmp_path, monkeypatch, tiny_config):
+    model = GPT(tiny_config())
     target = tmp_path / "c.pt"
     save_checkpoint(target, model, step=1)
     before = target.read_bytes()
@@ -110,11 +104,11 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]   # no temporary file left behind
 
 
-def test_truncated_file_is_a_clear_error(tmp_path):
-    path = save_checkpoint(tmp_path / "c.pt", GPT(tiny()), step=1)
+def test_truncated_file_is_a_clear_error(tmp_path, tiny_config):
+    path = save_checkpoint(tmp_path / "c.pt", GPT(tiny_config()), step=1)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt, truncated"):
-        load_checkpoint(path, GPT(tiny()))
+        load_checkpoint(path, GPT(tiny_config()))
 
 
 def test_garbage_and_foreign_files_are_refused(tmp_path):
@@ -140,14 +134,14 @@ def test_pickled_code_is_not_executed(tmp_path):
         read_checkpoint(path)
 
 
-def test_mismatched_model_names_the_fields(tmp_path):
-    path = save_checkpoint(tmp_path / "c.pt", GPT(tiny()), step=1)
+def test_mismatched_model_names_the_fields(tmp_path, tiny_config):
+    path = save_checkpoint(tmp_path / "c.pt", GPT(tiny_config()), step=1)
     with pytest.raises(CheckpointError, match=r"n_embd: checkpoint 32, model 64"):
-        load_checkpoint(path, GPT(tiny(n_embd=64)))
+        load_checkpoint(path, GPT(tiny_config(n_embd=64)))
 
 
-def test_optimizer_missing_or_mismatched(tmp_path):
-    model = GPT(tiny())
+def test_optimizer_missing_or_mismatched(tmp_path, tiny_config):
+    model = GPT(tiny_config())
     path = save_checkpoint(tmp_path / "c.pt", model, step=1)
     with pytest.raises(CheckpointError, match="no optimizer state"):
         load_checkpoint(path, model, torch.optim.AdamW(model.parameters()))
@@ -158,8 +152,8 @@ def test_optimizer_missing_or_mismatched(tmp_path):
         load_checkpoint(path, model, other)
 
 
-def test_newer_version_is_refused(tmp_path):
-    path = save_checkpoint(tmp_path / "c.pt", GPT(tiny()), step=1)
+def test_newer_version_is_refused(tmp_path, tiny_config):
+    path = save_checkpoint(tmp_path / "c.pt", GPT(tiny_config()), step=1)
     payload = torch.load(path, weights_only=True)
     payload["version"] = 99
     torch.save(payload, path)
@@ -175,14 +169,14 @@ def unrelated_val():
     return torch.randint(0, 13, (300,), generator=torch.Generator().manual_seed(0))
 
 
-def test_keep_best_needs_a_checkpoint_path():
+def test_keep_best_needs_a_checkpoint_path(tiny_config):
     tr, va = data()
     with pytest.raises(ValueError, match="keep_best=True needs a checkpoint_path"):
-        train(GPT(tiny()), tr, va, KEEP_BEST, progress=False)
+        train(GPT(tiny_config()), tr, va, KEEP_BEST, progress=False)
 
 
 @pytest.mark.parametrize("val_kind", ["same pattern", "other text"])
-def test_keep_best_keeps_the_lowest_validation_checkpoint(tmp_path, val_kind):
+def test_keep_best_keeps_the_lowest_validation_checkpoint(tmp_path, val_kind, tiny_config):
     """On held-out text like the training text the estimates fall; on unrelated random tokens they
     rise once the model grows confident. Either way the best checkpoint holds the step of the
     lowest estimate, and its weights reproduce that estimate."""
@@ -190,7 +184,8 @@ def test_keep_best_keeps_the_lowest_validation_checkpoint(tmp_path, val_kind):
     if val_kind == "other text":
         va = unrelated_val()
     torch.manual_seed(1)
-    history = train(GPT(tiny()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "run.pt", progress=False)
+    history = train(GPT(tiny_config()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "run.pt",
+                    progress=False)
     lowest = history.best_step
     best_path = tmp_path / "run.best.pt"
     assert best_checkpoint_path(tmp_path / "run.pt") == best_path
@@ -205,15 +200,17 @@ def test_keep_best_keeps_the_lowest_validation_checkpoint(tmp_path, val_kind):
     assert read_checkpoint(tmp_path / "run.pt")["step"] == KEEP_BEST.max_steps
 
 
-def test_keep_best_survives_a_resume(tmp_path):
+def test_keep_best_survives_a_resume(tmp_path, tiny_config):
     """A run split in two keeps the same best checkpoint as one uninterrupted run."""
     tr, va = data()[0], unrelated_val()
     torch.manual_seed(1)
-    train(GPT(tiny()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "whole.pt", progress=False)
-    torch.manual_seed(1)
-    train(GPT(tiny()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "split.pt", until_step=10, progress=False)
-    train(GPT(tiny()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "split.pt", resume_from=tmp_path / "split.pt",
+    train(GPT(tiny_config()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "whole.pt",
           progress=False)
+    torch.manual_seed(1)
+    train(GPT(tiny_config()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "split.pt", until_step=10,
+          progress=False)
+    train(GPT(tiny_config()), tr, va, KEEP_BEST, checkpoint_path=tmp_path / "split.pt",
+          resume_from=tmp_path / "split.pt", progress=False)
     whole, split = (read_checkpoint(tmp_path / f"{name}.best.pt") for name in ("whole", "split"))
     assert whole["step"] == split["step"]
     for key, value in whole["model"].items():

@@ -6,15 +6,14 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from gptlib.checkpoint import read_checkpoint
 from gptlib.training import History
+from tools import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or

@@ -5,26 +5,20 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from gptlib.model import GPT, GPTConfig
+from gptlib.model import GPT
 from gptlib.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from gptlib.training import (DistInfo, History, Recipe, TrainConfig, autocast_context, bits_per_char,
                           configure_optimizer, draw_batch, evaluate, evaluate_full, load_recipe, lr_at,
                           maybe_compile, param_groups, perplexity, recipe_file, resolve_precision, train,
                           uniform_loss)
-
-ROOT = Path(__file__).resolve().parent.parent
+from tools import ROOT
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_config(**kw):
-    return GPTConfig(**{**dict(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=32), **kw})
 
 
 def pattern_data(n=3000):
@@ -58,7 +52,7 @@ def test_metrics_reject_bad_losses(bad):
 
 # ---- optimizer -----------------------------------------------------------------------------
 
-def test_param_groups_decay_matrices_only():
+def test_param_groups_decay_matrices_only(tiny_config):
     model = GPT(tiny_config())
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -69,7 +63,7 @@ def test_param_groups_decay_matrices_only():
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # tied head counted once
 
 
-def test_configure_optimizer_settings_and_errors():
+def test_configure_optimizer_settings_and_errors(tiny_config):
     model = GPT(tiny_config())
     opt = configure_optimizer(model, 1e-3, 0.1, (0.9, 0.99))
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.99)
@@ -120,7 +114,7 @@ def test_train_config_validation_and_from_dict():
 
 # ---- evaluation, precision, compile --------------------------------------------------------
 
-def test_evaluate_is_repeatable_and_leaves_mode_and_rng_alone():
+def test_evaluate_is_repeatable_and_leaves_mode_and_rng_alone(tiny_config):
     torch.manual_seed(0)
     model = GPT(tiny_config(dropout=0.5)).train()
     _, val = pattern_data()
@@ -132,7 +126,7 @@ def test_evaluate_is_repeatable_and_leaves_mode_and_rng_alone():
     assert n == (len(val) - 1) // 16 * 16 and math.isfinite(full)
 
 
-def test_precision_and_compile_are_off_on_cpu():
+def test_precision_and_compile_are_off_on_cpu(tiny_config):
     assert resolve_precision("cpu") == "float32"
     assert isinstance(autocast_context("cpu"), type(autocast_context("cpu")))
     model = GPT(tiny_config())
@@ -154,7 +148,7 @@ def test_draw_batch_slices_one_global_batch():
 
 # ---- the loop ------------------------------------------------------------------------------
 
-def test_train_loss_falls_and_history_is_complete():
+def test_train_loss_falls_and_history_is_complete(tiny_config):
     train_ids, val_ids = pattern_data()
     torch.manual_seed(0)
     cfg = TrainConfig(max_steps=40, batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=4,
@@ -169,7 +163,7 @@ def test_train_loss_falls_and_history_is_complete():
     assert History.from_dict(h.to_dict()) == h
 
 
-def test_train_rejects_data_shorter_than_context():
+def test_train_rejects_data_shorter_than_context(tiny_config):
     with pytest.raises(ValueError, match="val_data"):
         train(GPT(tiny_config()), torch.arange(100) % 13, torch.arange(10) % 13,
               TrainConfig(max_steps=2, warmup_steps=0), progress=False)
@@ -201,7 +195,7 @@ def test_cli_rejects_unknown_keys(tmp_path):
     assert out.returncode != 0 and "unknown config sections: modle" in out.stderr
 
 
-def test_train_config_takes_what_fine_tuning_needs():
+def test_train_config_takes_what_fine_tuning_needs(tiny_config):
     cfg = TrainConfig(max_steps=5, lr=1e-3, min_lr=1e-3, warmup_steps=0, eval_interval=50, eval_iters=1)
     assert {lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps) for s in range(5)} == {1e-3}
     train_ids, val_ids = pattern_data()
@@ -288,7 +282,7 @@ def test_no_val_data_and_no_eval_loss_means_no_evaluation():
     assert h.eval_step == h.val_loss == [] and seen == [] and len(h.train_loss) == HOOKED.max_steps
 
 
-def test_hooks_are_needed_for_a_model_that_is_not_a_gpt():
+def test_hooks_are_needed_for_a_model_that_is_not_a_gpt(tiny_config):
     with pytest.raises(ValueError, match="give batch_loss"):
         train(Classifier(), None, None, HOOKED, progress=False)
     with pytest.raises(ValueError, match="train_data is None"):
