@@ -120,10 +120,10 @@ def test_iter_batches_rejects_bad_input():
         next(iter_batches(torch.arange(50), block_size=5, batch_size=2, max_batches=0))
 
 
-def test_works_with_the_course_tokenizers():
+def test_works_with_the_course_tokenizers(gpt2_tokenizer):
     tokenizer = pytest.importorskip("gptlib.tokenizer")
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20
-    for tok in (tokenizer.CharTokenizer(text), tokenizer.BPETokenizer.from_tiktoken("gpt2")):
+    for tok in (tokenizer.CharTokenizer(text), gpt2_tokenizer):
         data = encode_text(text, tok)
         train, val = train_val_split(data)
         x, y = get_batch(train, 8, 4, generator=torch.Generator().manual_seed(0))
