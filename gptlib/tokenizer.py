@@ -23,6 +23,12 @@ from gptlib.runtime import atomic_write
 
 Pair = tuple[int, int]
 
+# GPT-2's pre-tokenization pattern, exactly as tiktoken writes it for the "gpt2" encoding:
+# contractions, letters with an optional leading space, numbers, punctuation runs, whitespace.
+GPT2_SPLIT_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++"""
+                      r"""|\s++$|\s+(?!\S)|\s""")
+ENDOFTEXT = "<|endoftext|>"
+
 # %% ../notebooks/01_tokenization.ipynb #ch01-010
 class CharTokenizer:
     """A character-level tokenizer: one id per distinct character of ``text``, in sorted order.
@@ -66,13 +72,6 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
 # %% ../notebooks/01_tokenization.ipynb #ch01-015
-# GPT-2's pre-tokenization pattern, exactly as tiktoken writes it for the "gpt2" encoding:
-# contractions, letters with an optional leading space, numbers, punctuation runs, whitespace.
-GPT2_SPLIT_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++"""
-                      r"""|\s++$|\s+(?!\S)|\s""")
-ENDOFTEXT = "<|endoftext|>"
-
-
 def count_pairs(ids: Sequence[int], counts: dict | None = None, weight: int = 1) -> dict[Pair, int]:
     """Count every adjacent pair in ``ids`` (overlapping pairs too: [5, 5, 5] holds (5, 5) twice).
 
@@ -85,10 +84,12 @@ def count_pairs(ids: Sequence[int], counts: dict | None = None, weight: int = 1)
     return counts
 
 
+# %% ../notebooks/01_tokenization.ipynb #ch01-015b
 def merge(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
     """Replace every occurrence of ``pair`` in ``ids`` by ``new_id``, scanning left to right.
 
     Occurrences never overlap: in [a, a, a] the pair (a, a) is merged once, giving [X, a].
+    ``ids`` is not changed; a new list is returned.
     """
     a, b = pair
     out, i, n = [], 0, len(ids)
@@ -102,12 +103,15 @@ def merge(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
     return out
 
 
+# %% ../notebooks/01_tokenization.ipynb #ch01-015c
 def best_pair(counts: dict[Pair, int]) -> Pair:
     """The pair to merge next: the most frequent one; on a tie, the smallest (left id, right id).
 
-    This tie-break rule is what makes training deterministic, and both trainers obey it.
+    ``counts`` maps pairs to counts and is not empty. This tie-break rule is what makes training
+    deterministic, and both trainers obey it.
     """
     return min(counts, key=lambda p: (-counts[p], p))
+
 
 # %% ../notebooks/01_tokenization.ipynb #ch01-024
 def train_merges_naive(chunks: Iterable[Sequence[int]], num_merges: int,
@@ -116,7 +120,8 @@ def train_merges_naive(chunks: Iterable[Sequence[int]], num_merges: int,
 
     ``chunks`` are lists of token ids (pairs never cross a chunk boundary). Returns the merges in
     the order learned, as ``((left, right), new_id)`` with new ids ``first_id, first_id + 1, ...``.
-    Stops early when no pair is left. Each merge costs a pass over the whole corpus.
+    Stops early when no pair is left; ``chunks`` is not changed. Each merge costs a pass over the
+    whole corpus.
     """
     chunks = [list(c) for c in chunks]
     merges = []
@@ -130,6 +135,7 @@ def train_merges_naive(chunks: Iterable[Sequence[int]], num_merges: int,
         chunks = [merge(ids, pair, new_id) for ids in chunks]
         merges.append((pair, new_id))
     return merges
+
 
 # %% ../notebooks/01_tokenization.ipynb #ch01-028
 def train_merges(words: dict[tuple[int, ...], int] | Iterable[tuple[Sequence[int], int]],
@@ -146,7 +152,12 @@ def train_merges(words: dict[tuple[int, ...], int] | Iterable[tuple[Sequence[int
       the most frequent pair, ties broken by the smallest pair: the rule of :func:`best_pair`.
 
     A merge rewrites only the words that contain the pair and adds the difference between their
-    new and old pair counts.
+    new and old pair counts: for each word ``w`` in ``where[pair]`` (drop the entry: the pair is
+    gone), merge it; skip it if nothing changed (a stale index entry); subtract the old word's
+    pairs and add the new word's, each weighted by ``freqs[w]``, into a ``delta`` table, and
+    index the word under each new pair that holds ``new_id``. Then apply ``delta`` to ``counts``:
+    a pair whose count changed gets a fresh heap entry, and a pair whose count falls to zero
+    leaves ``counts``.
     """
     items = words.items() if isinstance(words, dict) else words
     seqs: list[list[int]] = []
@@ -265,6 +276,7 @@ def _encode_chunk(chunk: str, byte_ids: Sequence[int], merges: dict[Pair, int]) 
         i = ranks.index(best)
         ids = ids[:i] + merge(ids[i:], (ids[i], ids[i + 1]), best)
     return tuple(ids)
+
 
 # %% ../notebooks/01_tokenization.ipynb #ch01-037b
 _FORMAT = "gptlib-bpe"   # the file format written by BPETokenizer.save
