@@ -38,9 +38,10 @@ def encode_batch(texts: Sequence[str], tokenizer, max_len: int, pad_id: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode texts into a right-padded batch: ``(ids, attention_mask)``, both (B, T).
 
-    Each text keeps its first ``max_len`` tokens; T is the longest kept length. The
+    Each text keeps its first ``max_len`` tokens; T is the longest kept length. ``ids`` (long)
+    holds row b's L_b tokens at positions 0 .. L_b - 1 and ``pad_id`` after them. The
     ``attention_mask`` is Chapter 3's :func:`~gptlib.masking.padding_mask`: True on real tokens,
-    False on the padding, which holds ``pad_id``.
+    False on the padding.
     """
     positive_int("max_len", max_len)
     encoded = [tokenizer.encode(t)[:max_len] for t in texts]
@@ -53,6 +54,7 @@ def encode_batch(texts: Sequence[str], tokenizer, max_len: int, pad_id: int = 0
     return ids, mask
 
 
+# %% ../notebooks/08_finetuning.ipynb #ch08-pool
 def _check_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> None:
     if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(f"hidden must be (B, T, C) and attention_mask (B, T); got "
@@ -72,10 +74,11 @@ def pool_last(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 def pool_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mean hidden state (B, C) over each row's real tokens."""
+    """The mean hidden state (B, C) over each row's real tokens (``attention_mask`` True or 1)."""
     _check_pooling(hidden, attention_mask)
     weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-024
 def lm_targets(ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -84,6 +87,7 @@ def lm_targets(ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     targets = torch.full_like(ids, IGNORE_INDEX)
     targets[:, :-1] = ids[:, 1:].masked_fill(~attention_mask[:, 1:].bool(), IGNORE_INDEX)
     return targets
+
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-027
 POOLING = {"last": pool_last, "mean": pool_mean}
@@ -94,7 +98,9 @@ class GPTClassifier(nn.Module):
 
     ``forward(ids, attention_mask, labels=None, lm_lambda=0.0)`` returns ``(logits, loss)``:
     logits (B, n_classes); loss = cross-entropy on the labels, plus ``lm_lambda`` times the
-    backbone's language-model loss on the same text (the auxiliary objective of GPT-1).
+    backbone's language-model loss on the same text (the auxiliary objective of GPT-1). The
+    ``head`` is an ``nn.Linear(n_embd, n_classes)``, its weight drawn with std ``INIT_STD`` as
+    the model's own layers, its bias zero.
     """
 
     def __init__(self, backbone: GPT, n_classes: int, pooling: str = "last"):
@@ -113,6 +119,11 @@ class GPTClassifier(nn.Module):
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None, lm_lambda: float = 0.0
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pool the backbone's hidden states with ``POOLING[self.pooling]`` and apply the head.
+        With ``labels`` (B,), the loss is the cross-entropy of the logits, plus, when
+        ``lm_lambda`` is not zero, ``lm_lambda`` times the cross-entropy of the backbone's
+        ``lm_head`` on the hidden states against :func:`lm_targets` (``IGNORE_INDEX`` ignored).
+        Without labels the loss is ``None``."""
         hidden = self.backbone.hidden_states(ids)
         logits = self.head(POOLING[self.pooling](hidden, attention_mask))
         if labels is None:
@@ -126,6 +137,7 @@ class GPTClassifier(nn.Module):
             loss = loss + lm_lambda * lm_loss
         return logits, loss
 
+
 # %% ../notebooks/08_finetuning.ipynb #ch08-032
 FREEZE_MODES = ("head", "top", "full", "lora")
 
@@ -133,9 +145,11 @@ FREEZE_MODES = ("head", "top", "full", "lora")
 def set_trainable(clf: GPTClassifier, mode: str, n_top: int = 1) -> int:
     """Choose what fine-tuning updates; return the number of trainable parameters.
 
-    ``head``: only the classification head. ``top``: the head, the last ``n_top`` blocks and the
-    final LayerNorm. ``full``: everything. ``lora``: the head and the LoRA adapters (apply
-    ``gptlib.lora.apply_lora`` first).
+    ``head``: only the classification head (parameters named ``head.*``). ``top``: the head,
+    the last ``n_top`` blocks (``backbone.transformer.h.{i}.*``) and the final LayerNorm
+    (``backbone.transformer.ln_f.*``). ``full``: everything. ``lora``: the head and the LoRA
+    adapters (names containing ``.lora_``; apply ``gptlib.lora.apply_lora`` first). Every other
+    parameter gets ``requires_grad=False``.
     """
     if mode not in FREEZE_MODES:
         raise ValueError(f"mode must be one of {', '.join(FREEZE_MODES)}, got {mode!r}")

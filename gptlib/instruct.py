@@ -5,7 +5,7 @@ batches, training with Chapter 6's ``train`` and exact-match scoring with Chapte
 """
 
 # %% auto #0
-__all__ = ['SFT_PROMPT', 'sft_pair', 'mask_prompt', 'sft_batch', 'train_sft', 'greedy_answers', 'exact_match']
+__all__ = ['SFT_PROMPT', 'sft_pair', 'mask_prompt', 'pad_rows', 'sft_batch', 'train_sft', 'greedy_answers', 'exact_match']
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-instruct-imports
 from typing import Sequence
@@ -45,9 +45,12 @@ def mask_prompt(prompt_ids: Sequence[int], response_ids: Sequence[int]
     return seq[:-1], targets
 
 
-def _pad_rows(rows: Sequence[tuple[list[int], list[int]]], pad_id: int = 0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    # Right padding with Chapter 3's mask: pad_id in the inputs, IGNORE_INDEX in the targets.
+def pad_rows(rows: Sequence[tuple[list[int], list[int]]], pad_id: int = 0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate ``(inputs, targets)`` rows (as :func:`mask_prompt` makes them) into a right-padded
+    batch ``(ids, targets)``, both (B, T) long tensors, T the longest row: row b's inputs and
+    targets at positions 0 .. L_b - 1, then ``pad_id`` in ``ids`` and ``IGNORE_INDEX`` in
+    ``targets`` (the padding is never learned)."""
     mask = padding_mask([len(x) for x, _ in rows], max(len(x) for x, _ in rows))
     ids = torch.full(mask.shape, pad_id, dtype=torch.long)
     targets = torch.full(mask.shape, IGNORE_INDEX, dtype=torch.long)
@@ -60,7 +63,7 @@ def sft_batch(pairs: Sequence[tuple[str, str]], tokenizer, pad_id: int = 0
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """A right-padded batch of masked SFT examples: ``(ids, targets)``, both (B, T), with
     ``IGNORE_INDEX`` on the prompt and on the padding."""
-    return _pad_rows([mask_prompt(tokenizer.encode(p), tokenizer.encode(r)) for p, r in pairs], pad_id)
+    return pad_rows([mask_prompt(tokenizer.encode(p), tokenizer.encode(r)) for p, r in pairs], pad_id)
 
 
 def train_sft(model: GPT, pairs: Sequence[tuple[str, str]], tokenizer, config: TrainConfig,
@@ -71,14 +74,14 @@ def train_sft(model: GPT, pairs: Sequence[tuple[str, str]], tokenizer, config: T
 
     def batch_loss(net: nn.Module, generator: torch.Generator, device) -> torch.Tensor:
         index = torch.randint(len(rows), (config.batch_size,), generator=generator).tolist()
-        ids, targets = _pad_rows([rows[i] for i in index])
+        ids, targets = pad_rows([rows[i] for i in index])
         return net(ids.to(device), targets.to(device))[1]
 
     history = train(model, None, None, config, batch_loss=batch_loss, progress=progress)
     model.eval()
     return history
 
-
+# %% ../notebooks/08_finetuning.ipynb #ch08-047b
 def greedy_answers(model: GPT, tokenizer, prompts: Sequence[str], max_new_tokens: int = 20,
                    stop: str = "\n", batch_size: int = 64) -> list[str]:
     """The greedy answer to each prompt (Chapter 7's ``generate`` at temperature 0), cut at the

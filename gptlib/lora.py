@@ -21,7 +21,10 @@ class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable low-rank update (LoRA, Hu et al. 2022).
 
     ``y = base(x) + (alpha / r) * dropout(x) @ A^T @ B^T`` with ``A`` (r, in) random and ``B``
-    (out, r) zero, so at the start the output equals the base layer's. ``merge()`` folds
+    (out, r) zero, so at the start the output equals the base layer's. The layer keeps ``base``
+    (frozen), ``r``, ``alpha``, ``scaling`` (alpha / r), the parameters ``lora_A`` and
+    ``lora_B`` (on the base weight's device and dtype; ``A`` initialised as ``nn.Linear``
+    initialises weights), ``lora_dropout`` and ``merged`` (False). ``merge()`` folds
     ``(alpha / r) * B @ A`` into the base weight (no extra cost at inference); ``unmerge()``
     takes it out again.
     """
@@ -52,6 +55,7 @@ class LoRALinear(nn.Module):
         return self.scaling * (self.lora_B @ self.lora_A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``base(x)``, plus the scaled low-rank path unless the update is merged."""
         y = self.base(x)
         if self.merged:
             return y
@@ -84,7 +88,8 @@ DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")
 def apply_lora(model: nn.Module, targets: Iterable[str] = DEFAULT_TARGETS, r: int = 4,
                alpha: float = 8.0, dropout: float = 0.0) -> list[str]:
     """Wrap every ``nn.Linear`` whose attribute name is in ``targets`` with a :class:`LoRALinear`,
-    in place, and freeze every other parameter of ``model``. Returns the wrapped modules' names.
+    in place, and freeze every other parameter of ``model``. Returns the wrapped modules' full
+    names (as ``model.named_modules()`` writes them), in that order.
 
     The names are the last part of a module's path, e.g. ``c_attn`` matches
     ``transformer.h.0.attn.c_attn``; ``c_proj`` matches both the attention and the MLP output
@@ -115,7 +120,8 @@ def lora_layers(model: nn.Module) -> list[LoRALinear]:
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and put the plain ``nn.Linear`` back, in place:
-    the model is again the original architecture (it can be saved and loaded as such)."""
+    the model is again the original architecture (it can be saved and loaded as such), its
+    weights trainable again. Returns ``model``."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
@@ -125,3 +131,4 @@ def merge_lora(model: nn.Module) -> nn.Module:
                     p.requires_grad_(True)
                 setattr(module, child_name, child.base)
     return model
+

@@ -1,12 +1,20 @@
 """Checks for Chapter 8 (fine-tuning: a classification head, instruction tuning, LoRA).
 
-Hand-written. Each check compares the learner's code with gptlib's reference on probes chosen
-so that the usual mistakes give visibly different answers, and names the mistake it sees.
+Hand-written. The learner writes the chapter's components in the cells that export them
+(``gptlib.classify``, ``gptlib.instruct``, ``gptlib.lora``); each check compares the candidate with
+a small private reference written here (never with the gptlib component it builds) and with exact
+properties: padding never leaks into a result, a LoRA layer with ``B = 0`` equals its base, only
+``A`` and ``B`` train, merged weights give the unmerged forward. Probes use several shapes and
+values, so a hard-coded size fails, and each hint names the property that broke and the input that
+shows it before it names a fix.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from gptlib.exercises import CheckFailed, exercise, expect
 from gptlib.masking import padding_mask
@@ -14,13 +22,80 @@ from gptlib.model import IGNORE_INDEX
 
 
 def _close(a, b, atol: float = 1e-5) -> bool:
-    return (isinstance(a, torch.Tensor) and a.shape == b.shape
-            and torch.allclose(a.float(), b.float(), atol=atol, rtol=1e-5))
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+            and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-5))
 
 
-# --------------------------------------------------------------------------- 8.1 last real token
-@exercise("8.1", "Pool the last real token of a padded batch")
-def _(pool_last_token):
+def _tiny_gpt(seed: int = 0, n_layer: int = 2, vocab_size: int = 11, block_size: int = 32,
+              n_embd: int = 8, std: float | None = None):
+    from gptlib.model import GPT, GPTConfig
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=2,
+                          n_embd=n_embd))
+    if std is not None:
+        model.reset_parameters(std=std)
+    return model.eval()
+
+
+def _padded(lengths, T, vocab, g):
+    """Random ids (B, T) whose padding holds random tokens too (so that reading it shows)."""
+    return torch.randint(vocab, (len(lengths), T), generator=g), padding_mask(lengths, T)
+
+
+# --------------------------------------------------------------------------- 8.1 right padding
+class _Chars:
+    """A stand-in tokenizer: 'a' -> 1, 'b' -> 2, ..."""
+
+    def encode(self, text):
+        return [ord(c) - 96 for c in text]
+
+
+def _ref_encode(texts, max_len, pad_id):
+    rows = [[ord(c) - 96 for c in t][:max_len] for t in texts]
+    T = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (T - len(r)) for r in rows], dtype=torch.long)
+    return ids, padding_mask([len(r) for r in rows], T)
+
+
+@exercise("8.1", "Right-pad a batch", builds="gptlib.classify:encode_batch", tier="warm-up",
+          difficulty=1, importance=2)
+def _(encode_batch):
+    probes = [(["abc", "a", "abcdefgh", "ba"], 5, 0), (["dcb", "abcd"], 8, 30), (["e"], 3, 7),
+              (["ab", "cdef", "g"], 16, 0)]
+    for texts, max_len, pad_id in probes:
+        out = encode_batch(list(texts), _Chars(), max_len, pad_id=pad_id)
+        expect(isinstance(out, tuple) and len(out) == 2, "return a pair (ids, attention_mask)")
+        ids, mask = out
+        ref_ids, ref_mask = _ref_encode(texts, max_len, pad_id)
+        lengths = ref_mask.sum(1).tolist()
+        expect(isinstance(ids, torch.Tensor) and ids.dtype == torch.long,
+               "ids must be a torch.long tensor (token ids index an embedding)")
+        expect(tuple(ids.shape) == tuple(ref_ids.shape),
+               f"texts of kept lengths {lengths} (max_len={max_len}) make a batch of shape "
+               f"{tuple(ref_ids.shape)}: T is the longest row, not max_len; got {tuple(ids.shape)}")
+        expect(isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+               and torch.equal(mask, ref_mask),
+               f"attention_mask should be True on each row's real tokens and False after them "
+               f"(lengths {lengths}): padding_mask(lengths, T) builds it")
+        if torch.equal(ids, ref_ids):
+            continue
+        left = torch.stack([torch.cat([r[m], r[~m]]).roll(int((~m).sum())) for r, m in
+                            zip(ref_ids, ref_mask)])
+        if torch.equal(ids, left):
+            raise CheckFailed(f"the tokens sit at the end of each row (left padding); this batch "
+                              f"is right-padded: row b's tokens at positions 0 .. L_b - 1, the "
+                              f"padding after them (lengths {lengths})")
+        if torch.equal(ids[ref_mask], ref_ids[ref_mask]):
+            raise CheckFailed(f"the real tokens are right, but the padding must hold pad_id "
+                              f"({pad_id}); got {ids[~ref_mask].unique().tolist()}")
+        raise CheckFailed(f"for texts {texts} (max_len={max_len}) the ids should be "
+                          f"{ref_ids.tolist()}, got {ids.tolist()}")
+
+
+# --------------------------------------------------------------------------- 8.2 last real token
+@exercise("8.2", "Pool the last real token", builds="gptlib.classify:pool_last", tier="core",
+          difficulty=2, importance=3)
+def _(pool_last):
     g = torch.Generator().manual_seed(8)
     probes = [([3, 5, 1, 5], 5), ([2, 7, 4], 7), ([1, 1], 3), ([6], 6)]
     for lengths, T in probes:
@@ -28,7 +103,7 @@ def _(pool_last_token):
         mask = padding_mask(lengths, T)
         ref = hidden[torch.arange(len(lengths)), torch.tensor(lengths) - 1]
         for mask_in in (mask, mask.long()):  # a bool mask and a 0/1 integer mask
-            out = pool_last_token(hidden.clone(), mask_in.clone())
+            out = pool_last(hidden.clone(), mask_in.clone())
             expect(isinstance(out, torch.Tensor), f"return a tensor, got {type(out).__name__}")
             expect(out.shape == ref.shape, f"return one vector per row: shape {tuple(ref.shape)}, "
                                            f"got {tuple(out.shape)}")
@@ -36,8 +111,8 @@ def _(pool_last_token):
                 continue
             if _close(out, hidden[:, -1]):
                 raise CheckFailed("you took the last position, hidden[:, -1], which is padding in "
-                                  "every shorter row: take each row's last REAL token, at "
-                                  "index attention_mask.sum(1) - 1")
+                                  f"every shorter row (lengths {lengths}, T={T}): take each row's "
+                                  "last REAL token, at index attention_mask.sum(1) - 1")
             idx = torch.tensor(lengths).clamp(max=T - 1)
             if _close(out, hidden[torch.arange(len(lengths)), idx]):
                 raise CheckFailed("off by one: the number of real tokens L is not an index; the "
@@ -53,13 +128,266 @@ def _(pool_last_token):
                               "row b, take hidden[b, L_b - 1] with L_b = attention_mask[b].sum()")
 
 
-# --------------------------------------------------------------------------- 8.2 loss masking
+# --------------------------------------------------------------------------- 8.3 mean pool
+@exercise("8.3", "Mean over the real tokens", builds="gptlib.classify:pool_mean", tier="warm-up",
+          difficulty=1, importance=2)
+def _(pool_mean):
+    g = torch.Generator().manual_seed(83)
+    for lengths, T in [([3, 5, 1, 5], 5), ([2, 7, 4], 7), ([1], 4), ([6, 6], 6)]:
+        hidden = torch.randn(len(lengths), T, 3, generator=g) + 5.0  # padding far from zero
+        mask = padding_mask(lengths, T)
+        lens = torch.tensor(lengths, dtype=torch.float)[:, None]
+        ref = (hidden * mask[..., None]).sum(1) / lens
+        for mask_in in (mask, mask.long()):
+            out = pool_mean(hidden.clone(), mask_in.clone())
+            expect(isinstance(out, torch.Tensor) and out.shape == ref.shape,
+                   f"return one vector per row: shape {tuple(ref.shape)}, got "
+                   f"{tuple(getattr(out, 'shape', ()))}")
+            if _close(out, ref):
+                continue
+            if _close(out, hidden.mean(1)):
+                raise CheckFailed(f"the padding entered the mean (lengths {lengths}, T={T}): "
+                                  "average over each row's real tokens only")
+            if _close(out, ref * lens / T):
+                raise CheckFailed(f"you divided by T={T}; divide each row's sum by its number of "
+                                  f"real tokens ({lengths})")
+            if _close(out, ref * lens):
+                raise CheckFailed("this is the sum over the real tokens; divide it by their number")
+            raise CheckFailed("the result differs from the mean over each row's real tokens: "
+                              "sum hidden * mask over T, divide by mask.sum(1)")
+
+
+# --------------------------------------------------------------------------- 8.4 LM targets
+def _ref_lm_targets(ids, mask):
+    out = torch.full_like(ids, IGNORE_INDEX)
+    nxt = ids[:, 1:].clone()
+    nxt[~mask[:, 1:].bool()] = IGNORE_INDEX
+    out[:, :-1] = nxt
+    return out
+
+
+@exercise("8.4", "Language-model targets of a padded batch", builds="gptlib.classify:lm_targets",
+          tier="warm-up", difficulty=2, importance=2)
+def _(lm_targets):
+    g = torch.Generator().manual_seed(84)
+    for lengths, T in [([4, 2, 3], 4), ([5, 1], 6), ([3], 3), ([2, 7, 5, 7], 7)]:
+        ids, mask = _padded(lengths, T, 50, g)
+        ref = _ref_lm_targets(ids, mask)
+        for mask_in in (mask, mask.long()):
+            out = lm_targets(ids.clone(), mask_in.clone())
+            expect(isinstance(out, torch.Tensor) and out.shape == ids.shape,
+                   f"return one target per position: shape {tuple(ids.shape)}")
+            if torch.equal(out, ref):
+                continue
+            real = ref != IGNORE_INDEX
+            if not torch.equal(out[real], ref[real]):
+                raise CheckFailed(f"the target at position t is the NEXT token, ids[:, t + 1] "
+                                  f"(row 0 is {ids[0].tolist()}, its targets start "
+                                  f"{ref[0, :2].tolist()}); got {out[0, :2].tolist()}")
+            if not bool((out[:, -1] == IGNORE_INDEX).all()):
+                raise CheckFailed("the last position has no next token: its target is "
+                                  "IGNORE_INDEX")
+            shifted = ids.clone()
+            shifted[:, :-1] = ids[:, 1:]
+            b, t = next(((b, t) for b in range(len(lengths)) for t in range(T)
+                         if out[b, t] != ref[b, t]))
+            if lengths[b] <= t + 1 and out[b, t] == shifted[b, t]:
+                raise CheckFailed(f"row {b} has {lengths[b]} real tokens, so position {t + 1} is "
+                                  f"padding: the target at position {t} must be IGNORE_INDEX, "
+                                  "not a padding token (look at the mask of the NEXT position)")
+            raise CheckFailed(f"row {b}, position {t}: the target should be {int(ref[b, t])}, "
+                              f"got {int(out[b, t])}")
+
+
+# --------------------------------------------------------------------------- 8.5 classifier
+def _ref_pool(hidden, mask, pooling):
+    if pooling == "last":
+        return hidden[torch.arange(hidden.size(0)), mask.long().sum(1) - 1]
+    w = mask.to(hidden.dtype)[..., None]
+    return (hidden * w).sum(1) / w.sum(1)
+
+
+@exercise("8.5", "The classification head", builds="gptlib.classify:GPTClassifier", tier="core",
+          difficulty=2, importance=3)
+def _(classifier_cls):
+    g = torch.Generator().manual_seed(85)
+    for seed, n_classes, pooling, lengths in [(0, 3, "last", [7, 4, 2]), (1, 5, "mean", [3, 6]),
+                                              (2, 4, "last", [5, 5, 1, 3]), (3, 2, "mean", [2])]:
+        backbone = _tiny_gpt(seed)
+        C = backbone.config.n_embd
+        clf = classifier_cls(backbone, n_classes, pooling=pooling).eval()
+        head = getattr(clf, "head", None)
+        expect(isinstance(head, nn.Linear) and head.in_features == C
+               and head.out_features == n_classes,
+               f"the head maps one pooled hidden state (n_embd={C}) to one logit per class: "
+               f"nn.Linear({C}, {n_classes}), stored as self.head")
+        expect(clf.backbone is backbone, "keep the backbone as self.backbone")
+        ids, mask = _padded(lengths, max(lengths), backbone.config.vocab_size, g)
+        labels = torch.randint(n_classes, (len(lengths),), generator=g)
+        with torch.no_grad():
+            hidden = backbone.hidden_states(ids)
+            ref = head(_ref_pool(hidden, mask, pooling))
+            out = clf(ids, mask)
+        expect(isinstance(out, tuple) and len(out) == 2,
+               "forward returns a pair (logits, loss)")
+        logits, loss = out
+        expect(loss is None, "without labels the loss is None")
+        expect(isinstance(logits, torch.Tensor) and logits.shape == ref.shape,
+               f"logits are (B, n_classes) = {tuple(ref.shape)}, got "
+               f"{tuple(getattr(logits, 'shape', ()))}")
+        if not _close(logits, ref):
+            other = "mean" if pooling == "last" else "last"
+            if _close(logits, head(hidden[:, -1])):
+                raise CheckFailed(f"the logits come from the last position, which is padding in "
+                                  f"the shorter rows (lengths {lengths}): pool with "
+                                  "POOLING[self.pooling]")
+            if _close(logits, head(_ref_pool(hidden, mask, other))):
+                raise CheckFailed(f"this classifier was built with pooling={pooling!r}, but the "
+                                  f"logits come from the {other!r} pool: use "
+                                  "POOLING[self.pooling]")
+            raise CheckFailed("the logits should be the head applied to the pooled hidden states "
+                              "of backbone.hidden_states(ids)")
+        with torch.no_grad():
+            ce = F.cross_entropy(ref, labels)
+            lm = F.cross_entropy(backbone.lm_head(hidden).flatten(0, 1),
+                                 _ref_lm_targets(ids, mask).flatten(), ignore_index=IGNORE_INDEX)
+            loss = clf(ids, mask, labels)[1]
+            expect(isinstance(loss, torch.Tensor) and loss.dim() == 0,
+                   "with labels the loss is a scalar tensor")
+            expect(_close(loss, ce), "with labels the loss is F.cross_entropy(logits, labels)")
+            for lam in (0.5, 2.0):
+                aux = clf(ids, mask, labels, lm_lambda=lam)[1]
+                if _close(aux, ce + lam * lm):
+                    continue
+                if _close(aux, ce):
+                    raise CheckFailed(f"lm_lambda={lam} adds nothing to the loss: add lm_lambda "
+                                      "times the backbone's language-model loss")
+                if _close(aux, ce + lm):
+                    raise CheckFailed(f"the LM loss is added unscaled; with lm_lambda={lam} the "
+                                      "loss is task + lm_lambda * LM")
+                full = F.cross_entropy(backbone.lm_head(hidden)[:, :-1].flatten(0, 1),
+                                       ids[:, 1:].flatten())
+                if _close(aux, ce + lam * full):
+                    raise CheckFailed(f"the LM loss learns the padding too (lengths {lengths}): "
+                                      "use lm_targets(ids, attention_mask), whose padding targets "
+                                      "are IGNORE_INDEX, and ignore_index=IGNORE_INDEX")
+                raise CheckFailed(f"with lm_lambda={lam} the loss should be cross_entropy(logits, "
+                                  f"labels) + {lam} * the LM loss on lm_targets; got "
+                                  f"{float(aux):.5f}, expected {float(ce + lam * lm):.5f}")
+
+
+# --------------------------------------------------------------------------- 8.6 freezing
+class _Adapter(nn.Module):
+    def __init__(self, base: nn.Linear, r: int = 2):
+        super().__init__()
+        self.base = base
+        self.lora_A = nn.Parameter(torch.randn(r, base.in_features) * 0.1)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+    def forward(self, x):
+        return self.base(x) + x @ self.lora_A.T @ self.lora_B.T
+
+
+class _Classifier(nn.Module):
+    def __init__(self, backbone, n_classes=3):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.n_embd, n_classes)
+
+
+def _ref_trainable(clf, mode, n_top):
+    n = len(clf.backbone.transformer.h)
+    top = tuple(f"backbone.transformer.h.{i}." for i in range(n - n_top, n))
+    keep = set()
+    for name, _ in clf.named_parameters():
+        if (mode == "full" or name.startswith("head.")
+                or (mode == "lora" and ".lora_" in name)
+                or (mode == "top" and (name.startswith(top)
+                                       or name.startswith("backbone.transformer.ln_f.")))):
+            keep.add(name)
+    return keep
+
+
+@exercise("8.6", "Choose what trains", builds="gptlib.classify:set_trainable", tier="core",
+          difficulty=2, importance=2)
+def _(set_trainable):
+    clf = _Classifier(_tiny_gpt(0, n_layer=3))
+    lora = _Classifier(_tiny_gpt(1, n_layer=2))
+    for block in lora.backbone.transformer.h:
+        block.attn.c_attn = _Adapter(block.attn.c_attn)
+    g = torch.Generator().manual_seed(86)
+    # Each call starts from the previous one's state, with some flags flipped at random: a mode
+    # must switch parameters off as well as on.
+    for model, mode, n_top in [(clf, "full", 1), (clf, "head", 1), (clf, "top", 1), (clf, "top", 2),
+                               (clf, "full", 1), (clf, "top", 1), (lora, "full", 1),
+                               (lora, "lora", 1), (lora, "head", 1)]:
+        for p in model.parameters():
+            if torch.rand(1, generator=g).item() < 0.3:
+                p.requires_grad_(not p.requires_grad)
+        count = set_trainable(model, mode, n_top=n_top)
+        got = {n for n, p in model.named_parameters() if p.requires_grad}
+        ref = _ref_trainable(model, mode, n_top)
+        where = f"mode={mode!r}" + (f", n_top={n_top}" if mode == "top" else "")
+        missing, extra = sorted(ref - got), sorted(got - ref)
+        if not got and ref:
+            raise CheckFailed(f"{where}: nothing trains; the head at least must")
+        if mode == "top" and any(e.startswith("backbone.transformer.h.0.") for e in extra):
+            raise CheckFailed(f"{where}: block 0 trains, but 'top' means the LAST n_top blocks "
+                              f"(the model has {len(model.backbone.transformer.h)})")
+        if missing:
+            if mode == "top" and all(m.startswith("backbone.transformer.ln_f.") for m in missing):
+                raise CheckFailed(f"{where}: the final LayerNorm (transformer.ln_f) sits after "
+                                  "the top block and shapes what the head sees: it trains too")
+            if mode == "lora" and all(m.startswith("head.") for m in missing):
+                raise CheckFailed(f"{where}: the adapters train, but the new head must train too")
+            raise CheckFailed(f"{where}: these parameters should train and do not: "
+                              f"{', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+        if extra:
+            raise CheckFailed(f"{where}: these parameters should be frozen (requires_grad=False) "
+                              f"and are not: {', '.join(extra[:3])}"
+                              + (" ..." if len(extra) > 3 else "")
+                              + "; every parameter the mode does not name must be switched off, "
+                                "even one a previous call switched on")
+        expect(count == sum(p.numel() for n, p in model.named_parameters() if n in ref),
+               f"{where}: return the number of trainable parameters")
+
+
+# --------------------------------------------------------------------------- 8.7 confusion matrix
+@exercise("8.7", "A confusion matrix", builds="gptlib.classify:confusion_matrix", tier="warm-up",
+          difficulty=1, importance=1)
+def _(confusion_matrix):
+    probes = [([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3),
+              ([1, 1, 1, 0], [0, 0, 0, 0], 4),          # classes 2 and 3 never occur
+              ([2, 0, 1, 2, 1], [2, 1, 1, 0, 1], 5)]
+    for labels, preds, n in probes:
+        ref = torch.zeros(n, n, dtype=torch.long)
+        for y, p in zip(labels, preds):
+            ref[y, p] += 1
+        out = confusion_matrix(torch.tensor(labels), torch.tensor(preds), n)
+        expect(isinstance(out, torch.Tensor) and tuple(out.shape) == (n, n),
+               f"with n_classes={n} the matrix is ({n}, {n}), one row and one column per class "
+               f"even when a class never occurs (labels {labels})")
+        if torch.equal(out.long(), ref):
+            expect(out.dtype == torch.long, "counts are integers: use dtype=torch.long")
+            continue
+        if torch.equal(out.long(), ref.T):
+            raise CheckFailed(f"rows and columns are swapped: labels {labels}, predictions "
+                              f"{preds}; the row is the true class, the column the prediction")
+        if torch.equal(out.long(), (ref > 0).long()):
+            raise CheckFailed(f"repeated pairs count once (labels {labels}, predictions {preds}): "
+                              "each example must add one, e.g. index_put_ with accumulate=True")
+        raise CheckFailed(f"labels {labels} and predictions {preds} give {ref.tolist()}, got "
+                          f"{out.tolist()}")
+
+
+# --------------------------------------------------------------------------- 8.8 loss masking
 def _reference_mask(prompt, response):
     seq = list(prompt) + list(response)
     return seq[:-1], [IGNORE_INDEX] * (len(prompt) - 1) + seq[len(prompt):]
 
 
-@exercise("8.2", "Mask the prompt in instruction tuning")
+@exercise("8.8", "Mask the prompt", builds="gptlib.instruct:mask_prompt", tier="core",
+          difficulty=2, importance=3)
 def _(mask_prompt):
     probes = [([5, 6, 7, 8], [1, 2, 3]), ([9], [4, 4]), ([3, 1, 4, 1, 5, 9], [2]),
               ([10, 11], [12, 13, 14, 15])]
@@ -98,12 +426,106 @@ def _(mask_prompt):
                           "len(prompt) - 1 entries (the prompt's own tokens) replaced by -100")
 
 
-# --------------------------------------------------------------------------- 8.3 LoRA linear
-@exercise("8.3", "A LoRA linear layer")
+# --------------------------------------------------------------------------- 8.9 collate SFT rows
+@exercise("8.9", "Collate a batch of SFT rows", builds="gptlib.instruct:pad_rows", tier="core",
+          difficulty=2, importance=2)
+def _(pad_rows):
+    I = IGNORE_INDEX
+    probes = [([([5, 6, 7], [I, 7, 8]), ([1], [2]), ([3, 4, 5, 6, 7], [I, I, 6, 7, 8])], 0),
+              ([([9, 8], [I, 4]), ([2, 3, 4, 5], [I, I, I, 1])], 40),
+              ([([4, 4, 4], [I, 5, 6])], 0)]
+    for rows, pad_id in probes:
+        out = pad_rows([(list(x), list(y)) for x, y in rows], pad_id=pad_id)
+        expect(isinstance(out, tuple) and len(out) == 2, "return a pair (ids, targets)")
+        ids, targets = out
+        T = max(len(x) for x, _ in rows)
+        lengths = [len(x) for x, _ in rows]
+        ref_ids = torch.tensor([x + [pad_id] * (T - len(x)) for x, _ in rows])
+        ref_tg = torch.tensor([y + [I] * (T - len(y)) for _, y in rows])
+        for name, t, ref in (("ids", ids, ref_ids), ("targets", targets, ref_tg)):
+            expect(isinstance(t, torch.Tensor) and t.dtype == torch.long,
+                   f"{name} must be a torch.long tensor")
+            expect(tuple(t.shape) == tuple(ref.shape),
+                   f"rows of lengths {lengths} make (B, T) = {tuple(ref.shape)} tensors (T is the "
+                   f"longest row); {name} has shape {tuple(t.shape)}")
+        mask = padding_mask(lengths, T)
+        if not (torch.equal(ids[mask], ref_ids[mask]) and torch.equal(targets[mask], ref_tg[mask])):
+            raise CheckFailed(f"row b's inputs and targets go at positions 0 .. L_b - 1, the "
+                              f"padding after them (right padding, lengths {lengths}); got ids "
+                              f"{ids.tolist()}")
+        if not torch.equal(targets, ref_tg):
+            raise CheckFailed(f"the padding of the targets holds {targets[~mask].unique().tolist()}"
+                              f"; it must be IGNORE_INDEX ({I}), or the model learns to predict "
+                              "padding")
+        expect(torch.equal(ids, ref_ids),
+               f"the padding of the ids must hold pad_id ({pad_id}), got "
+               f"{ids[~mask].unique().tolist()}")
+
+
+# --------------------------------------------------------------------------- 8.10 greedy answers
+def _greedy_alone(model, tok, prompt, max_new_tokens):
+    ids = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = model(ids)[0][:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+    return tok.decode(ids[0, len(tok.encode(prompt)):].tolist())
+
+
+@exercise("8.10", "Greedy answers in batches", builds="gptlib.instruct:greedy_answers",
+          tier="core", difficulty=3, importance=2)
+def _(greedy_answers):
+    from gptlib.tokenizer import CharTokenizer
+    tok = CharTokenizer("abcdefgh \n")
+    for seed, prompts, batch_size in [
+            (0, ["ab", "abcd", "ba", "dcba", "ca", "c", "hgfe"], 2),
+            (1, ["h", "bad cab", "ag", "e", "fed"], 64),
+            (2, ["abc", "cab", "bca", "g", "gg"], 1)]:
+        model = _tiny_gpt(seed, n_layer=1, vocab_size=tok.vocab_size, n_embd=16,
+                          std=0.5).double()
+        n = 6
+        full = [_greedy_alone(model, tok, p, n) for p in prompts]
+        # The stop: the character the answers hold most often after their first one.
+        counts = {}
+        for a in full:
+            for ch in a[1:]:
+                counts[ch] = counts.get(ch, 0) + 1
+        stop = max(sorted(counts), key=counts.get)
+        for s in (stop, ""):
+            ref = [a.split(s)[0] if s else a for a in full]
+            got = greedy_answers(model, tok, list(prompts), max_new_tokens=n, stop=s,
+                                 batch_size=batch_size)
+            expect(isinstance(got, list) and len(got) == len(prompts),
+                   f"return one answer per prompt ({len(prompts)}), as a list")
+            if got == ref:
+                continue
+            where = f"prompts {prompts}, stop={s!r}"
+            if sorted(got) == sorted(ref):
+                raise CheckFailed(f"the right answers in the wrong order ({where}): answer i "
+                                  "belongs to prompts[i], however the prompts were grouped")
+            if s and all(g.startswith(r) for g, r in zip(got, ref)) and any(
+                    s in g for g in got):
+                raise CheckFailed(f"cut each answer at the first stop and drop the stop itself "
+                                  f"({where}): expected {ref}, got {got}")
+            if all(g.startswith(p) for g, p in zip(got, prompts)):
+                raise CheckFailed(f"the answers repeat their prompts ({where}): decode only the "
+                                  "new tokens, after each prompt's own length")
+            wrong = [i for i, (g, r) in enumerate(zip(got, ref)) if g != r]
+            raise CheckFailed(f"{where}: prompts {[prompts[i] for i in wrong]} get {[got[i] for i in wrong]}"
+                              f", but alone, greedily, they continue as "
+                              f"{[ref[i] for i in wrong]}. Padding a prompt changes what the "
+                              "model reads: batch only prompts of the same length")
+
+
+# --------------------------------------------------------------------------- 8.11 LoRA linear
+@exercise("8.11", "A LoRA linear layer", builds="gptlib.lora:LoRALinear", tier="core",
+          difficulty=3, importance=3)
 def _(lora_cls):
     torch.manual_seed(0)
-    for in_f, out_f, r, alpha in [(8, 12, 2, 4.0), (16, 6, 4, 4.0), (10, 10, 1, 3.0)]:
-        base = nn.Linear(in_f, out_f)
+    for in_f, out_f, r, alpha, dtype in [(8, 12, 2, 4.0, torch.float32),
+                                         (16, 6, 4, 4.0, torch.float32),
+                                         (10, 10, 1, 3.0, torch.float64)]:
+        base = nn.Linear(in_f, out_f).to(dtype)
         w0 = base.weight.detach().clone()
         layer = lora_cls(base, r=r, alpha=alpha)
         for name, shape in (("lora_A", (r, in_f)), ("lora_B", (out_f, r))):
@@ -111,11 +533,15 @@ def _(lora_cls):
             expect(isinstance(p, nn.Parameter), f"the layer needs an nn.Parameter named {name}")
             expect(tuple(p.shape) == shape, f"{name} should have shape {shape} (rank r={r}), got "
                                             f"{tuple(p.shape)}")
+            expect(p.dtype == dtype, f"{name} should take the base weight's dtype ({dtype}), got "
+                                     f"{p.dtype}")
+        expect(getattr(layer, "base", None) is base, "keep the wrapped layer as self.base")
         expect(not base.weight.requires_grad,
                "freeze the base layer: its weight must have requires_grad=False, only A and B train")
-        expect(layer.lora_A.requires_grad and layer.lora_B.requires_grad,
-               "lora_A and lora_B must be trainable (requires_grad=True)")
-        x = torch.randn(3, 5, in_f)
+        trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
+        expect(trainable == {"lora_A", "lora_B"},
+               f"only lora_A and lora_B train; trainable here: {sorted(trainable)}")
+        x = torch.randn(3, 5, in_f, dtype=dtype)
         y0 = layer(x)
         expect(isinstance(y0, torch.Tensor) and y0.shape == (3, 5, out_f),
                f"forward should return a tensor of shape (3, 5, {out_f})")
@@ -127,20 +553,190 @@ def _(lora_cls):
                "at initialisation the output must equal the base layer's: initialise lora_B to "
                "zero (A random), so the update B @ A starts at zero")
         with torch.no_grad():
-            layer.lora_B.copy_(torch.randn(out_f, r))
-        y = layer(x)
+            layer.lora_B.copy_(torch.randn(out_f, r, dtype=dtype))
+            y = layer(x)
         A, B = layer.lora_A.detach(), layer.lora_B.detach()
         low_rank = x @ A.T @ B.T
         ref = base(x) + (alpha / r) * low_rank
-        if _close(y, ref, atol=1e-4):
-            continue
-        if _close(y, base(x) + low_rank, atol=1e-4):
-            raise CheckFailed("you forgot the scaling: multiply the low-rank path by alpha / r")
-        if _close(y, base(x) + (r / alpha) * low_rank, atol=1e-4):
-            raise CheckFailed("the scaling is upside down: it is alpha / r, not r / alpha")
-        if _close(y, base(x) + alpha * low_rank, atol=1e-4):
-            raise CheckFailed("scale by alpha / r, not alpha alone")
-        if _close(y, base(x) + (alpha / r) * (x @ B @ A), atol=1e-4) if in_f == out_f else False:
-            raise CheckFailed("the order of the factors is wrong: x goes through A first "
-                              "(x @ A.T), then B (@ B.T)")
-        raise CheckFailed("forward should be base(x) + (alpha / r) * (x @ A.T @ B.T)")
+        if not _close(y, ref, atol=1e-4):
+            if _close(y, base(x) + low_rank, atol=1e-4):
+                raise CheckFailed("you forgot the scaling: multiply the low-rank path by alpha / r")
+            if _close(y, base(x) + (r / alpha) * low_rank, atol=1e-4):
+                raise CheckFailed("the scaling is upside down: it is alpha / r, not r / alpha")
+            if _close(y, base(x) + alpha * low_rank, atol=1e-4):
+                raise CheckFailed("scale by alpha / r, not alpha alone")
+            if in_f == out_f and _close(y, base(x) + (alpha / r) * (x @ B @ A), atol=1e-4):
+                raise CheckFailed("the order of the factors is wrong: x goes through A first "
+                                  "(x @ A.T), then B (@ B.T)")
+            raise CheckFailed("forward should be base(x) + (alpha / r) * (x @ A.T @ B.T)")
+        delta = layer.delta_weight
+        expect(isinstance(delta, torch.Tensor) and _close(delta, (alpha / r) * B @ A, atol=1e-5),
+               f"delta_weight is the update (alpha / r) * B @ A, shaped like the base weight "
+               f"({out_f}, {in_f})")
+        layer.merge()
+        expect(layer.merged is True, "merge() sets merged to True")
+        expect(_close(base.weight.detach(), w0 + (alpha / r) * B @ A, atol=1e-5),
+               "merge() adds delta_weight into the base weight")
+        with torch.no_grad():
+            y_merged = layer(x)
+        if not _close(y_merged, y, atol=1e-4):
+            if _close(y_merged, y + (alpha / r) * low_rank, atol=1e-4):
+                raise CheckFailed("after merge() the update is counted twice: once in the base "
+                                  "weight and once in the low-rank path; forward returns base(x) "
+                                  "alone while merged")
+            raise CheckFailed("after merge() the layer must compute what it computed before")
+        layer.unmerge()
+        expect(layer.merged is False and _close(base.weight.detach(), w0, atol=1e-5),
+               "unmerge() takes delta_weight back out of the base weight and sets merged to False")
+        with torch.no_grad():
+            expect(_close(layer(x), y, atol=1e-4), "after unmerge() the layer must compute what "
+                                                   "it computed before merging")
+
+
+# --------------------------------------------------------------------------- 8.12 apply LoRA
+def _linear_children(model, targets):
+    out = []
+    for name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            if child_name in targets and isinstance(child, nn.Linear):
+                out.append((f"{name}.{child_name}" if name else child_name, child))
+    return out
+
+
+@exercise("8.12", "Apply LoRA to a model", builds="gptlib.lora:apply_lora", tier="core",
+          difficulty=2, importance=3)
+def _(apply_lora):
+    for seed, targets, r in [(0, ("c_attn",), 2), (1, ("c_attn", "c_proj", "c_fc"), 1),
+                             (2, ("c_proj",), 3)]:
+        model = _tiny_gpt(seed)
+        ids = torch.randint(model.config.vocab_size, (2, 9))
+        with torch.no_grad():
+            y0 = model(ids)[0]
+        expected = _linear_children(model, targets)
+        got = apply_lora(model, targets=targets, r=r, alpha=2.0 * r)
+        names = [n for n, _ in expected]
+        modules = dict(model.named_modules())
+        for name, linear in expected:
+            wrapped = modules.get(name)
+            if wrapped is linear or not hasattr(wrapped, "lora_A"):
+                raise CheckFailed(f"targets={targets}: {name} is still a plain nn.Linear; wrap "
+                                  "every child whose attribute name is in targets, in every block "
+                                  "(setattr on its parent module)")
+            expect(getattr(wrapped, "base", None) is linear,
+                   f"{name}: the adapter must wrap the original layer (its base is that nn.Linear)")
+        expect(isinstance(got, list) and list(got) == names,
+               f"return the full names of the wrapped layers, in the order named_modules() "
+               f"visits them: {names[:3]}{' ...' if len(names) > 3 else ''}; got {got}")
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        adapters = [n for n in trainable if ".lora_" in n]
+        if not adapters:
+            raise CheckFailed(f"targets={targets}: nothing trains, not even the adapters: freeze "
+                              "the model's parameters first, then wrap (the new lora_A and "
+                              "lora_B must keep requires_grad=True)")
+        others = [n for n in trainable if ".lora_" not in n]
+        expect(not others, f"every parameter but the adapters' must be frozen; still trainable: "
+                           f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}")
+        expect(len(adapters) == 2 * len(names),
+               f"each wrapped layer brings a trainable lora_A and lora_B: {2 * len(names)} "
+               f"tensors, got {len(adapters)}")
+        with torch.no_grad():
+            expect(_close(model(ids)[0], y0, atol=1e-5),
+                   "right after apply_lora the model must compute exactly what it computed "
+                   "before (every lora_B starts at zero)")
+
+
+# --------------------------------------------------------------------------- 8.13 merge LoRA
+def _lora_class_of(candidate):
+    cls = getattr(candidate, "__globals__", {}).get("LoRALinear")
+    if isinstance(cls, type):
+        return cls
+    from gptlib.lora import LoRALinear
+    return LoRALinear
+
+
+@exercise("8.13", "Merge the adapters back", builds="gptlib.lora:merge_lora", tier="warm-up",
+          difficulty=2, importance=2)
+def _(merge_lora):
+    lora_cls = _lora_class_of(merge_lora)  # the adapters the candidate's own module makes
+    for seed, targets in [(0, ("c_attn", "c_fc")), (1, ("c_proj",))]:
+        model = _tiny_gpt(seed)
+        keys = set(model.state_dict())
+        wrapped = []
+        for name, linear in _linear_children(model, targets):
+            parent, _, attr = name.rpartition(".")
+            adapter = lora_cls(linear, r=2, alpha=4.0)
+            with torch.no_grad():
+                adapter.lora_B.normal_(0.0, 0.1)   # a trained adapter is not zero
+            setattr(model.get_submodule(parent), attr, adapter)
+            wrapped.append((name, linear))
+        ids = torch.randint(model.config.vocab_size, (2, 9))
+        with torch.no_grad():
+            y0 = model(ids)[0]
+        out = merge_lora(model)
+        expect(out is model, "return the model (merged in place)")
+        left = [n for n, m in model.named_modules() if isinstance(m, lora_cls)]
+        expect(not left, f"every adapter must be replaced by its base nn.Linear; still wrapped: "
+                         f"{', '.join(left[:3])}")
+        for name, linear in wrapped:
+            expect(model.get_submodule(name) is linear,
+                   f"{name} should be the adapter's own base nn.Linear again")
+        with torch.no_grad():
+            y = model(ids)[0]
+        if not _close(y, y0, atol=1e-5):
+            raise CheckFailed(f"after merging (targets {targets}) the model computes something "
+                              "else: fold each adapter's update into its base weight "
+                              "(merge()) before putting the base back")
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        expect(not frozen, f"the merged weights must be trainable again; still frozen: "
+                           f"{', '.join(frozen[:3])}")
+        expect(set(model.state_dict()) == keys,
+               "the merged model has exactly the original model's tensors")
+
+
+# --------------------------------------------------------------------------- 8.14 rank experiment
+class _PrivateLoRA(nn.Module):
+    def __init__(self, base, r=4, alpha=8.0):
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.scaling = alpha / r
+        g = torch.Generator().manual_seed(r)
+        self.lora_A = nn.Parameter(torch.randn(r, base.in_features, generator=g)
+                                   / base.in_features ** 0.5)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+
+
+def _rank_k_change(k, n=16, seed=0):
+    g = torch.Generator().manual_seed(100 + seed)
+    W0 = torch.randn(n, n, generator=g) / n ** 0.5
+    U = torch.linalg.qr(torch.randn(n, k, generator=g))[0]
+    V = torch.linalg.qr(torch.randn(n, k, generator=g))[0]
+    return W0, U @ V.T          # k singular values of 1
+
+
+@exercise("8.14", "Fit a low-rank change", tier="stretch", difficulty=2, importance=2)
+def _(adapter_fit_loss):
+    n = 16
+    for k, ranks in [(2, (1, 2, 3)), (3, (2, 4)), (1, (1,))]:
+        W0, delta = _rank_k_change(k, n, seed=k)
+        for r in ranks:
+            torch.manual_seed(r)
+            loss = adapter_fit_loss(_PrivateLoRA, r, W0.clone(), delta.clone())
+            expect(isinstance(loss, float), f"return the final error as a float, got "
+                                             f"{type(loss).__name__}")
+            floor = (k - r) / n if r < k else 0.0      # the energy a rank-r adapter cannot reach
+            start = k / n                              # the error before any training
+            if r >= k and not loss < 0.01 * start:
+                raise CheckFailed(f"a change of rank {k} fits an adapter of rank {r} exactly, but "
+                                  f"your error ends at {loss:.4g} (it starts near {start:.3g}): "
+                                  "train longer or with a larger learning rate, and check that "
+                                  "the optimizer gets lora_A and lora_B")
+            if r < k and not loss > 0.25 * floor:
+                raise CheckFailed(f"an adapter of rank {r} cannot express a change of rank {k}: "
+                                  f"its error cannot fall below about {floor:.3g}, yours is "
+                                  f"{loss:.4g}. Is the teacher x @ (W0 + delta).T, and is the "
+                                  "error measured on fresh inputs?")
