@@ -21,6 +21,7 @@ from gptlib.masking import causal_mask, masked_softmax
 from gptlib.runtime import positive_int
 
 
+# Provided: the shape checks of scaled_dot_product_attention (validation at the edge).
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -39,7 +40,7 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q, k and v must share their leading (batch, head) dimensions, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}")
 
-
+# %% ../notebooks/04_attention.ipynb #ch04-007w
 def attention_weights(q: torch.Tensor, k: torch.Tensor,
                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(q @ k^T / sqrt(d_k)) over the keys, with disallowed positions given weight 0.
@@ -49,12 +50,13 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor,
     rows sum to one. A query that may attend to nothing (a fully masked row, e.g. padding) gets
     all-zero weights rather than NaN, by Chapter 3's ``masked_softmax``.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])     # (..., T_q, T_k)
     if mask is None:
         return torch.softmax(scores, dim=-1)
     return masked_softmax(scores, mask)     # checks the mask: bool, broadcasts to the scores
 
 
+# %% ../notebooks/04_attention.ipynb #ch04-007s
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  mask: Optional[torch.Tensor] = None,
                                  dropout_p: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -73,41 +75,45 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         ``(out, weights)``: out (..., T_q, d_v) and the attention weights (..., T_q, T_k) before
         dropout.
     """
-    _check_qkv(q, k, v)
+    _check_qkv(q, k, v)                                  # provided: clear errors for bad shapes
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    weights = attention_weights(q, k, mask)
+    weights = attention_weights(q, k, mask)              # (..., T_q, T_k)
     used = F.dropout(weights, p=dropout_p, training=True) if dropout_p > 0 else weights
     return used @ v, weights
 
 
+# %% ../notebooks/04_attention.ipynb #ch04-011e
 def attention_entropy(weights: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of each row of attention weights (..., T_q, T_k) -> (..., T_q).
 
-    0 means the query attends to a single key; ln(n) means uniform over n keys.
+    0 means the query attends to a single key; ln(n) means uniform over n keys. A weight of 0
+    (a masked key) adds 0, not NaN.
     """
-    w = weights.clamp_min(torch.finfo(weights.dtype).tiny)
+    w = weights.clamp_min(torch.finfo(weights.dtype).tiny)      # log(0) would be -inf
     return -(weights * w.log()).sum(-1)
+
 
 # %% ../notebooks/04_attention.ipynb #ch04-016
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """(B, T, C) -> (B, n_head, T, C // n_head): channels [i*h, (i+1)*h) become head i."""
-    if x.dim() != 3:
+    if x.dim() != 3:                                      # provided: clear errors
         raise ValueError(f"expected a (B, T, C) tensor, got shape {tuple(x.shape)}")
+    if n_head <= 0 or x.shape[-1] % n_head != 0:
+        raise ValueError(f"C = {x.shape[-1]} channels cannot be split into n_head = {n_head} equal heads")
     B, T, C = x.shape
-    if n_head <= 0 or C % n_head != 0:
-        raise ValueError(f"C = {C} channels cannot be split into n_head = {n_head} equal heads")
     return x.view(B, T, n_head, C // n_head).transpose(1, 2)
 
 
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     """(B, n_head, T, h) -> (B, T, n_head * h): the inverse of :func:`split_heads`."""
-    if y.dim() != 4:
+    if y.dim() != 4:                                      # provided: a clear error
         raise ValueError(f"expected a (B, n_head, T, head_size) tensor, got shape {tuple(y.shape)}")
     B, n_head, T, h = y.shape
     return y.transpose(1, 2).contiguous().view(B, T, n_head * h)
 
-# %% ../notebooks/04_attention.ipynb #ch04-023
+
+# %% ../notebooks/04_attention.ipynb #ch04-023m
 def _causal_mask_after(past: int, T: int, device=None) -> torch.Tensor:
     """The causal mask of T new queries that follow ``past`` cached positions: (T, past + T),
     True where new query i (at position past + i) may attend to key j, i.e. j <= past + i."""
@@ -116,6 +122,7 @@ def _causal_mask_after(past: int, T: int, device=None) -> torch.Tensor:
     return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
+# %% ../notebooks/04_attention.ipynb #ch04-023
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused q|k|v projection (GPT-2 layout).
 
@@ -136,8 +143,11 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
                  block_size: Optional[int] = None):
+        """Sizes n_embd, n_head and head_size (n_embd // n_head); c_attn (q | k | v in one
+        Linear(n_embd, 3 * n_embd)), c_proj (Linear(n_embd, n_embd)), both with ``bias``;
+        attn_dropout and resid_dropout (nn.Dropout(dropout))."""
         super().__init__()
-        positive_int("n_embd", n_embd)
+        positive_int("n_embd", n_embd)                 # provided: clear errors for bad sizes
         positive_int("n_head", n_head)
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd = {n_embd} is not divisible by n_head = {n_head}: every head "
@@ -146,13 +156,47 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if block_size is not None:
             positive_int("block_size", block_size)
-        self.n_embd, self.n_head, self.head_size = n_embd, n_head, n_embd // n_head
         self.dropout, self.block_size = dropout, block_size
+        self.n_embd, self.n_head, self.head_size = n_embd, n_head, n_embd // n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # x -> q | k | v
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)       # merged heads -> output
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
 
+    def qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x (B, T, C) with c_attn, cut it into q | k | v (in that order) and split each
+        into heads: three (B, n_head, T, head_size) tensors."""
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False, cache=None):
+        """Causal self-attention of x (B, T, C) -> y (B, T, C) (and the weights if asked).
+
+        Project x and split it into heads (``qkv``). With ``need_weights``, attend explicitly:
+        ``attention_weights`` with the mask ``_causal_mask_after(past, T)``, ``attn_dropout`` on
+        the weights, then the values; otherwise the provided ``_attend_fused`` computes the same
+        with PyTorch's fused kernel. Then merge the heads, project with ``c_proj`` and apply
+        ``resid_dropout``. Returns y, or ``(y, weights)`` with weights (B, n_head, T, past + T).
+
+        ``cache`` (optional) holds this layer's keys and values of ``cache.length`` earlier
+        positions; ``cache.update(k, v)`` appends the new tokens' keys and values and returns those
+        of every position so far. x is then the next T tokens, at positions ``past .. past+T-1``:
+        new query i may attend to keys ``0 .. past + i``.
+        """
+        self._check_input(x)                            # provided: clear errors at the edge
+        q, k, v = self.qkv(x)                           # (B, n_head, T, head_size) each
+        k, v, past = self._with_cache(k, v, cache)      # provided: Chapter 7's cache (past = 0 without)
+        if need_weights:
+            mask = _causal_mask_after(past, x.shape[1], x.device)     # (T, past + T)
+            weights = attention_weights(q, k, mask)                   # (B, n_head, T, past + T)
+            y = self.attn_dropout(weights) @ v                        # (B, n_head, T, head_size)
+        else:
+            y = self._attend_fused(q, k, v, past)       # provided: the same, by the fused kernel
+        y = merge_heads(y)                              # (B, T, C)
+        y = self.resid_dropout(self.c_proj(y))
+        return (y, weights) if need_weights else y
+
+    # Provided: validation at the edge, Chapter 7's cache and PyTorch's fused kernel.
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -165,40 +209,27 @@ class CausalSelfAttention(nn.Module):
         if self.block_size is not None and T > self.block_size:
             raise ValueError(f"sequence length T = {T} exceeds block_size = {self.block_size}")
 
-    def qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project x (B, T, C) and split into heads: three (B, n_head, T, head_size) tensors."""
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
+    def _with_cache(self, k: torch.Tensor, v: torch.Tensor, cache):
+        """Without a cache: (k, v, 0). With one: append the new keys and values to it and return
+        those of every position so far, and ``past``, the number of earlier positions."""
+        if cache is None:
+            return k, v, 0
+        past = cache.length
+        k, v = cache.update(k, v)                       # (B, n_head, past + T, head_size)
+        return k, v, past
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False, cache=None):
-        """Causal self-attention of x (B, T, C) -> y (B, T, C) (and the weights if asked).
-
-        ``cache`` (optional) holds this layer's keys and values of ``cache.length`` earlier
-        positions; ``cache.update(k, v)`` appends the new tokens' keys and values and returns those
-        of every position so far. x is then the next T tokens, at positions ``past .. past+T-1``:
-        new query i may attend to keys ``0 .. past + i``.
-        """
-        self._check_input(x)
-        q, k, v = self.qkv(x)
-        past = 0
-        if cache is not None:
-            past = cache.length
-            k, v = cache.update(k, v)                   # (B, n_head, past + T, head_size)
-        T = x.shape[1]
-        if need_weights:
-            weights = attention_weights(q, k, _causal_mask_after(past, T, x.device))
-            y = self.attn_dropout(weights) @ v
-        else:
-            p = self.dropout if self.training else 0.0
-            if past == 0:       # no earlier tokens: the ordinary causal mask
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-            elif T == 1:        # one new token sees every position: nothing to mask
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-            else:
-                y = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=_causal_mask_after(past, T, x.device), dropout_p=p)
-        y = self.resid_dropout(self.c_proj(merge_heads(y)))
-        return (y, weights) if need_weights else y
+    def _attend_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      past: int) -> torch.Tensor:
+        """``forward``'s attention by ``F.scaled_dot_product_attention``: the same result, without
+        storing the (T, past + T) weights when a fused kernel is available."""
+        p = self.dropout if self.training else 0.0
+        T = q.shape[2]
+        if past == 0:       # no earlier tokens: the ordinary causal mask
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        if T == 1:          # one new token sees every position: nothing to mask
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=_causal_mask_after(past, T, q.device), dropout_p=p)
 
     def extra_repr(self) -> str:
         return (f"n_embd={self.n_embd}, n_head={self.n_head}, head_size={self.head_size}, "
