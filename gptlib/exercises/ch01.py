@@ -249,6 +249,11 @@ def _(candidate):
             continue
         top = max(counts.values())
         tied = sorted(p for p, c in counts.items() if c == top)
+        flipped = candidate(dict(reversed(list(counts.items()))))
+        if got in tied and tuple(flipped) != got:
+            raise CheckFailed(f"{what}: the pairs {tied} are tied at {top}; you picked {got}, or "
+                              f"{tuple(flipped)} when the dict lists them in reverse: your answer "
+                              "depends on the dict's order. The rule: the smallest (left, right) wins")
         if got in tied and got == tied[-1]:
             raise CheckFailed(f"{what}: among the pairs tied at {top}, {tied}, the SMALLEST wins; you "
                               f"picked {got}, the largest")
@@ -276,6 +281,18 @@ def _check_trainer(run, name):
         k = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
         detail = f"merge {k + 1} should be {want[k] if k < len(want) else 'none'}, you have " \
                  f"{got[k] if k < len(got) else 'none'}"
+        if k < len(got) and k < len(want) and got[k][0] != want[k][0]:
+            state = [list(c) for c in chunks]
+            for pair, new_id in want[:k]:
+                state = [_ref_merge(c, pair, new_id) for c in state]
+            counts = {}
+            for c in state:
+                for pair, n in _ref_count_pairs(c).items():
+                    counts[pair] = counts.get(pair, 0) + n
+            mine, right = tuple(got[k][0]), want[k][0]
+            if counts.get(mine) == counts[right]:
+                raise CheckFailed(f"{what}: {detail}; both pairs occur {counts[right]} times at that "
+                                  "point, and on a tie the smallest pair wins (best_pair)")
         if k < len(got) and k < len(want) and got[k][0] == want[k][0]:
             raise CheckFailed(f"{what}: {detail}: the right pair with the wrong id; new ids are "
                               f"first_id, first_id + 1, ... (first_id={first_id})")
@@ -321,13 +338,14 @@ def _(candidate):
             words[tuple(c)] = words.get(tuple(c), 0) + 1
         return candidate(words, n, first_id)
 
-    _check_trainer(run, "train_merges")
     # weights: a word seen 3 times counts 3 times; the iterable form gives the same merges
-    words = {(1, 2): 3, (2, 3): 2, (2, 3, 1, 2): 1}
-    want = _ref_train([list(w) for w, n in words.items() for _ in range(n)], 4)
-    got = [(tuple(p), i) for p, i in candidate(dict(words), 4)]
-    expect(got == want, f"words {words} (word -> how often it occurs): expected {_merges_text(want)}, "
-                        f"got {_merges_text(got)}: each word's pairs count freqs[w] times")
+    for words in ({(1, 2): 1, (3, 4): 5}, {(1, 2): 3, (2, 3): 2, (2, 3, 1, 2): 1}):
+        want = _ref_train([list(w) for w, n in words.items() for _ in range(n)], 4)
+        got = [(tuple(p), i) for p, i in candidate(dict(words), 4)]
+        expect(got == want, f"words {words} (word -> how often it occurs): expected "
+                            f"{_merges_text(want)}, got {_merges_text(got)}: each word's pairs count "
+                            "freqs[w] times")
+    _check_trainer(run, "train_merges")
     rng = random.Random(6)
     for _ in range(8):
         corpus = _random_chunks(rng, [0, 1, 2], rng.randrange(3, 20), 9)
@@ -400,6 +418,10 @@ def _(candidate):
         raise CheckFailed("'abc' with merges (b, c)->256, (a, b)->257, (a, 256)->258 gave "
                           f"{list(got)}: you merged (a, b) (rank 257) before (b, c) (rank 256); always apply "
                           "the pair with the LOWEST rank (the merge learned first), wherever it is")
+    if got == (a, 256):
+        raise CheckFailed("'abc' with merges (b, c)->256, (a, b)->257, (a, 256)->258 gave "
+                          f"{list(got)}: merging b+c made the pair (a, 256), which has a rank too; "
+                          "keep merging until no adjacent pair has a rank")
     expect(got == (258,), f"'abc' with merges (b, c)->256, (a, b)->257, (a, 256)->258 should "
                           f"encode to [258] (b+c first, then a+bc), got {list(got)}")
     merges = {(a, a): 256, (256, 256): 257}
@@ -489,7 +511,10 @@ def _check_decode(candidate):
     out = run([259, 105], partial)
     expect(out == " \ufffdi", f"[259, 105] (b' \\xf0' then 'i') should decode to ' \\ufffdi', got {out!r}")
     expect(run([], partial) == "", "no ids decode to the empty string")
-    out = run([104, 262, 105], per_token)
+    try:
+        out = run([104, 262, 105], per_token)
+    except KeyError:
+        out = "KeyError"
     expect(out == "h<|endoftext|>i", f"the special id 262 should decode to its text '<|endoftext|>', "
                                      f"got {out!r}: look it up in special_tokens when it is not in vocab")
     for bad in (263, 5000, -1):
@@ -506,7 +531,8 @@ def _check_decode(candidate):
 
 def _check_train(candidate):
     rng = random.Random(8)
-    words = ["the", "then", "there", "cat", "cats", "a", "an", "and", "dog.", "dog!", "42", "4242"]
+    words = ["the", "then", "there", "cat.", "cats,", "a", "an", "and", "dog.", "dog!", "42", "4242",
+             "so.\n"]
     text = " ".join(rng.choice(words) for _ in range(300))
     vocab = 256 + 15
     tok = candidate().train(text, vocab)
@@ -616,10 +642,10 @@ def _(candidate):
         got = candidate(_FixedTokenizer(pieces), text, _PATTERN)
         if got == want:
             continue
-        n_chars = sum(len(p.decode("utf-8", "replace")) for p in pieces)
         raise CheckFailed(f"tokens {pieces} of {text!r}: {want} should straddle a chunk boundary "
-                          f"({what}), you counted {got}"
-                          + (": measure offsets in bytes, not characters" if n_chars != len(text.encode()) else ""))
+                          f"({what}), you counted {got}" + ("" if text.isascii() else
+                          ": offsets are in bytes (len(tok.vocab[i]), len(chunk.encode('utf-8'))), "
+                          "not characters"))
     text = "Hello world!! It's 2024, don't   panic:\n  say héllo"
     for pattern in (_PATTERN, r"\S+|\s+", r"[\s\S]+"):
         tok = _FixedTokenizer([text.encode()[i:i + 3] for i in range(0, len(text.encode()), 3)])
