@@ -10,7 +10,7 @@ from tools import ROOT, course, export
 
 NOTEBOOKS = course.notebooks(ROOT)
 CHAPTERS = export.chapter_notebooks(ROOT)
-CHECK_CALL = re.compile(r"""check\(\s*["'](\d+\.\d+)["']""")
+CHECK_CALL = re.compile(r"""(?:check|build)\(\s*["'](\d+\.\d+)["']""")  # build() checks, then picks
 
 
 def _nb(path):
@@ -58,7 +58,7 @@ def test_solution_cells_are_folded_and_checked(path):
                 f"{path.name} cell {i}: a solution cell must carry the `hide-input` tag")
             following = next((c for c in cells[i + 1:] if c.cell_type == "code"), None)
             assert following is not None and CHECK_CALL.search(following.source), (
-                f"{path.name} cell {i}: a solution cell must be followed by its check(...) cell")
+                f"{path.name} cell {i}: a solution cell must be followed by its check(...) or build(...) cell")
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))

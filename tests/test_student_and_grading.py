@@ -63,7 +63,7 @@ def _wrong_first_solution(nb):
     for cell in nb.cells:
         if cell.cell_type == "code" and "### BEGIN SOLUTION" in cell.source:
             cell.source = student.strip_solutions(cell.source, placeholder="return None")
-            first_id = re.search(r"""check\(\s*["'](\d+\.\d+)""", "\n".join(
+            first_id = re.search(r"""(?:check|build)\(\s*["'](\d+\.\d+)""", "\n".join(
                 c.source for c in nb.cells[nb.cells.index(cell) + 1:] if c.cell_type == "code")).group(1)
             return nb, first_id
     raise AssertionError("no solution cell")
