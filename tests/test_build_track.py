@@ -81,3 +81,11 @@ def test_student_notebooks_refilled_with_the_solutions_export_the_committed_modu
             exported += 1
     assert exported >= 12
     shutil.rmtree(tmp_path)
+
+
+def test_strip_and_refill_keep_a_trailing_newline():
+    from tools import student
+    source = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n"
+    stripped = student.strip_solutions(source)
+    assert stripped == f"def f():\n    {student.PLACEHOLDER}\n"
+    assert student.refill_solutions(stripped, student.solution_blocks(source)) == source

@@ -51,7 +51,7 @@ def strip_solutions(source: str, placeholder: str = PLACEHOLDER) -> str:
             out.append(line)
     if inside:
         raise ValueError(f"a {BEGIN} block is never closed by {END}")
-    return "\n".join(out)
+    return "\n".join(out) + ("\n" if source.endswith("\n") else "")
 
 
 def solution_blocks(source: str) -> list[list[str]]:
@@ -81,7 +81,7 @@ def refill_solutions(student_source: str, blocks: list[list[str]]) -> str:
             out.append(line)
     if blocks:
         raise ValueError(f"{len(blocks)} solutions left over: the cells do not correspond")
-    return "\n".join(out)
+    return "\n".join(out) + ("\n" if student_source.endswith("\n") else "")
 
 
 def refilled_notebook(student_nb, instructor_nb):
