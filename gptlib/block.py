@@ -24,9 +24,11 @@ class LayerNorm(nn.Module):
 
         y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias
 
-    with the *biased* variance (divide by ``ndim``), exactly as ``nn.LayerNorm`` does. The
-    statistics are computed in float32 even when ``x`` is half precision, then the result is
-    cast back. ``bias=False`` drops the additive term (the ``bias`` attribute is then ``None``).
+    with the *biased* variance (divide by ``ndim``), exactly as ``nn.LayerNorm`` does.
+    ``weight`` (ones) and ``bias`` (zeros) are ``nn.Parameter``s of shape ``(ndim,)``;
+    ``bias=False`` drops the additive term (the ``bias`` attribute is then ``None``). The
+    statistics are computed in float32 even when ``x`` is half precision, then the normalised
+    ``x`` is cast back to ``x.dtype`` before the gain and shift: the output has x's shape and dtype.
 
     ``fused=True`` (the default) computes the same function with PyTorch's one-kernel
     ``F.layer_norm``; ``fused=False`` runs the formula above op by op. Both give the same numbers
@@ -64,9 +66,9 @@ class GELU(nn.Module):
 
         gelu(x) = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
 
-    Equal to ``F.gelu(x, approximate="tanh")`` and to Hugging Face's ``gelu_new``.
-    ``fused=True`` (the default) calls that one-kernel ``F.gelu``; ``fused=False`` evaluates the
-    formula above op by op.
+    Elementwise, any shape. Equal to ``F.gelu(x, approximate="tanh")`` and to Hugging Face's
+    ``gelu_new``. ``fused=True`` (the default) calls that one-kernel ``F.gelu``; ``fused=False``
+    evaluates the formula above op by op.
     """
 
     def __init__(self, fused: bool = True):
@@ -86,6 +88,9 @@ class GELU(nn.Module):
 class MLP(nn.Module):
     """The position-wise feed-forward network: Linear(C, 4C) -> GELU -> Linear(4C, C) -> dropout.
 
+    Submodules, in this order: ``c_fc`` = ``nn.Linear(n_embd, expansion * n_embd, bias=bias)``,
+    ``gelu`` = ``GELU()``, ``c_proj`` = ``nn.Linear(expansion * n_embd, n_embd, bias=bias)``,
+    ``dropout`` = ``nn.Dropout(dropout)``. ``forward`` maps x (..., n_embd) to the same shape.
     It acts on each position separately; the attention layer is the only place where
     positions exchange information.
     """
@@ -102,6 +107,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
+
 # %% ../notebooks/05_transformer_block.ipynb #92198314
 class Block(nn.Module):
     """A Pre-LN transformer block, as in GPT-2::
@@ -110,8 +116,12 @@ class Block(nn.Module):
         x = x + mlp(ln_2(x))
 
     ``config`` is any object with ``n_embd``, ``n_head``, ``dropout``, ``bias`` and
-    ``block_size`` (normally a :class:`gptlib.model.GPTConfig`). ``cache`` is handed to the
-    attention layer unchanged (Chapter 7's KV cache: x then holds only the new tokens).
+    ``block_size`` (normally a :class:`gptlib.model.GPTConfig`). Submodules, in this order:
+    ``ln_1`` and ``ln_2`` (``LayerNorm(n_embd, bias=bias)``), ``attn``
+    (``CausalSelfAttention(n_embd, n_head, dropout=, bias=, block_size=)``) and ``mlp``
+    (``MLP(n_embd, dropout=, bias=)``). ``forward`` maps x (B, T, n_embd) to the same shape.
+    ``cache`` is handed to the attention layer unchanged (Chapter 7's KV cache: x then holds only
+    the new tokens).
     """
 
     def __init__(self, config):
@@ -139,3 +149,4 @@ class PostLNBlock(Block):
         x = self.ln_1(x + self.attn(x, cache=cache))
         x = self.ln_2(x + self.mlp(x))
         return x
+

@@ -70,13 +70,50 @@ class GPTConfig:
         return cls(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
                    n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd)
 
+# %% ../notebooks/05_transformer_block.ipynb #ch05-model-edge
+def _check_ids(config: GPTConfig, idx: torch.Tensor, start: int) -> None:
+    """Shape, dtype and length of the ids: the model's own contract. The id values are checked
+    only on the CPU, where that costs no wait; on a GPU an out-of-range id stops the kernel
+    with a device-side assert (tokenizers, ``get_batch`` and ``generate`` check their ids)."""
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"idx must be a tensor of token ids, got {type(idx).__name__}")
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+    if idx.dim() != 2:
+        raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}; "
+                         "for one sequence use idx[None]")
+    T, bs = idx.shape[1], config.block_size
+    if T == 0:
+        raise ValueError("idx is empty: give at least one token")
+    if start + T > bs:
+        where = f" after {start} cached positions" if start else ""
+        raise ValueError(f"sequence length {start + T}{where} exceeds block_size {bs}: "
+                         f"keep only the last {bs} tokens, e.g. idx[:, -{bs}:]")
+    if idx.device.type == "cpu" and not torch.compiler.is_compiling():
+        V = config.vocab_size
+        bad = (idx < 0) | (idx >= V)
+        if bad.any():
+            raise ValueError(f"idx contains token id {int(idx[bad][0])}, outside [0, {V - 1}] "
+                             f"(vocab_size={V})")
+
+
+def _check_targets(idx: torch.Tensor, targets) -> None:
+    """Targets are token ids of idx's shape (or IGNORE_INDEX where a position does not count)."""
+    if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+        got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {got}")
+
 # %% ../notebooks/05_transformer_block.ipynb #63ed798a
 class GPT(nn.Module):
     """A GPT language model, numerically identical to GPT-2 for the same weights.
 
-    ``transformer`` holds the token embedding ``wte``, the position embedding ``wpe``, dropout
-    ``drop``, the blocks ``h`` and the final LayerNorm ``ln_f``; ``lm_head`` maps the last
-    hidden states to logits and shares its weight with ``wte`` (weight tying).
+    ``transformer`` is an ``nn.ModuleDict`` of the token embedding ``wte``
+    (``TokenEmbedding(vocab_size, n_embd)``), the position embedding ``wpe``
+    (``PositionalEmbedding(block_size, n_embd)``), dropout ``drop`` (``nn.Dropout(dropout)``),
+    the blocks ``h`` (an ``nn.ModuleList`` of ``n_layer`` ``block_cls(config)``) and the final
+    LayerNorm ``ln_f`` (``LayerNorm(n_embd, bias=bias)``), in this order; ``lm_head`` is a
+    bias-free ``nn.Linear(n_embd, vocab_size)`` whose weight is ``wte``'s weight itself (weight
+    tying: one Parameter, two uses). The names are GPT-2's, so its weights load by name.
     ``block_cls`` chooses the block (``Block``, Pre-LN, as GPT-2; ``PostLNBlock`` for experiments).
     """
 
@@ -99,7 +136,8 @@ class GPT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, std: float = INIT_STD) -> None:
         """GPT-2 initialisation: N(0, std) weights, zero biases, unit LayerNorm gains, and the
-        projections that write into the residual stream (``c_proj``) scaled by 1/sqrt(2 n_layer)."""
+        projections that write into the residual stream (``c_proj``) scaled by 1/sqrt(2 n_layer);
+        the token and position tables from N(0, std) too."""
         resid_std = std / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
@@ -113,40 +151,16 @@ class GPT(nn.Module):
         nn.init.normal_(self.transformer.wte.weight, 0.0, std)
         nn.init.normal_(self.transformer.wpe.weight, 0.0, std)
 
-    def _check_ids(self, idx: torch.Tensor, start: int) -> None:
-        """Shape, dtype and length of the ids: the model's own contract. The id values are checked
-        only on the CPU, where that costs no wait; on a GPU an out-of-range id stops the kernel
-        with a device-side assert (tokenizers, ``get_batch`` and ``generate`` check their ids)."""
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"idx must be a tensor of token ids, got {type(idx).__name__}")
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
-        if idx.dim() != 2:
-            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}; "
-                             "for one sequence use idx[None]")
-        T, bs = idx.shape[1], self.config.block_size
-        if T == 0:
-            raise ValueError("idx is empty: give at least one token")
-        if start + T > bs:
-            where = f" after {start} cached positions" if start else ""
-            raise ValueError(f"sequence length {start + T}{where} exceeds block_size {bs}: "
-                             f"keep only the last {bs} tokens, e.g. idx[:, -{bs}:]")
-        if idx.device.type == "cpu" and not torch.compiler.is_compiling():
-            V = self.config.vocab_size
-            bad = (idx < 0) | (idx >= V)
-            if bad.any():
-                raise ValueError(f"idx contains token id {int(idx[bad][0])}, outside [0, {V - 1}] "
-                                 f"(vocab_size={V})")
-
     def hidden_states(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
         """The final hidden states (B, T, n_embd), after ``ln_f`` and before the LM head.
 
+        ``x = drop(wte(idx) + wpe(idx, start))``, then each block, then ``ln_f``.
         ``cache`` (Chapter 7's ``KVCache``) holds the keys and values of ``len(cache)`` earlier
-        tokens: ``idx`` is then the next tokens, at positions ``len(cache) ..``, and each block's
-        attention reads and extends its layer of the cache.
+        tokens: ``idx`` is then the next tokens, at positions ``start = len(cache) ..``, and block
+        ``i`` gets its layer of the cache, ``block(x, cache=cache.layers[i])`` (``None`` without one).
         """
         start = 0 if cache is None else len(cache)
-        self._check_ids(idx, start)
+        _check_ids(self.config, idx, start)
         tr = self.transformer
         x = tr.drop(tr.wte(idx) + tr.wpe(idx, start))   # (B, T, C) + (T, C)
         layers = [None] * len(tr.h) if cache is None else cache.layers
@@ -158,13 +172,13 @@ class GPT(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for token ids ``idx`` (B, T), and the mean cross-entropy
         loss when ``targets`` (B, T) are given (positions with target ``IGNORE_INDEX`` are
-        ignored). ``cache``: see :meth:`hidden_states`."""
+        ignored), else ``None``: always the pair ``(logits, loss)``. ``targets`` are already the
+        next tokens (shifted by the data pipeline). ``cache``: see :meth:`hidden_states`."""
+        if targets is not None:
+            _check_targets(idx, targets)
         logits = self.lm_head(self.hidden_states(idx, cache))
         if targets is None:
             return logits, None
-        if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
-            got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
-            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {got}")
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
         return logits, loss
@@ -191,25 +205,25 @@ class GPT(nn.Module):
         return model
 
 # %% ../notebooks/05_transformer_block.ipynb #c54cfab9
-_HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def _is_hf_buffer(key: str) -> bool:
-    """``h.N.attn.bias`` / ``h.N.attn.masked_bias``: GPT-2's causal mask, not a parameter."""
-    parts = key.split(".")
-    return len(parts) >= 2 and parts[-2] == "attn" and parts[-1] in ("bias", "masked_bias")
-
-
 def convert_hf_state_dict(state_dict: dict) -> dict[str, torch.Tensor]:
-    """Hugging Face GPT-2 tensors under gptlib's names: prefix ``transformer.``, drop the mask
-    buffers, transpose the Conv1D weights (stored (in, out); nn.Linear wants (out, in))."""
+    """Hugging Face GPT-2 tensors under gptlib's names.
+
+    * a key without the ``transformer.`` prefix (the bare ``GPT2Model`` layout: ``h.0.ln_1.weight``)
+      gets it; ``transformer.*`` and ``lm_head.*`` keys keep their names;
+    * the causal-mask buffers ``h.N.attn.bias`` and ``h.N.attn.masked_bias`` are dropped (not
+      weights; ``attn.c_attn.bias`` and ``attn.c_proj.bias`` are, and stay);
+    * the 2-D weights of the Conv1D layers, ``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc`` and
+      ``mlp.c_proj``, are stored (in, out): they are transposed to nn.Linear's (out, in).
+    Every other tensor is kept as it is. Returns a new dict; ``state_dict`` is left unchanged.
+    """
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     out = {}
     for key, value in state_dict.items():
-        if _is_hf_buffer(key):
-            continue
-        name = key if key.startswith("transformer.") or key.startswith("lm_head.") else f"transformer.{key}"
-        if name.endswith(_HF_CONV1D_WEIGHTS) and value.dim() == 2:
-            value = value.t()
+        if key.split(".")[-2:] in (["attn", "bias"], ["attn", "masked_bias"]):
+            continue                          # GPT-2's causal mask, not a weight
+        name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
+        if name.endswith(conv1d) and value.dim() == 2:
+            value = value.t()                 # Conv1D (in, out) -> nn.Linear (out, in)
         out[name] = value
     return out
 
