@@ -48,6 +48,7 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits / temperature
 
 
+# %% ../notebooks/07_sampling.ipynb #ch07-016b
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` largest logits of each row and set the others to -inf.
 
@@ -60,6 +61,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.scatter(-1, order[..., k:], float("-inf"))
 
 
+# %% ../notebooks/07_sampling.ipynb #ch07-016c
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches ``p``.
 
@@ -76,13 +78,14 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to id order
     return logits.masked_fill(drop, float("-inf"))
 
+
 # %% ../notebooks/07_sampling.ipynb #ch07-017
 def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                      top_p: Optional[float] = None) -> torch.Tensor:
     """The distribution the next token is drawn from, for logits of shape (..., vocab_size).
 
     Order: temperature, then top-k, then top-p (on the tempered distribution), then softmax,
-    which renormalises whatever survived so it sums to 1.
+    which renormalises whatever survived so it sums to 1. Computed in float32.
     """
     check_sampling_args(temperature, top_k, top_p)
     logits = apply_temperature(logits.float(), temperature)
@@ -92,23 +95,6 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Opti
         logits = top_p_filter(logits, top_p)
     return F.softmax(logits, dim=-1)
 
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                top_p: Optional[float] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Choose the next token for each row of ``logits`` (B, vocab_size); returns ids (B, 1).
-
-    ``temperature == 0`` is greedy (argmax, no randomness). Otherwise one token is drawn from
-    :func:`next_token_probs` with ``generator`` (a ``torch.Generator``; the same seed gives the
-    same draws). A CPU generator works for a model on any device.
-    """
-    if temperature == 0:
-        check_sampling_args(temperature, top_k, top_p)
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = next_token_probs(logits, temperature, top_k, top_p)
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
-    return torch.multinomial(probs, 1, generator=generator)
 
 # %% ../notebooks/07_sampling.ipynb #ch07-025
 def _as_prompt(idx, model: nn.Module):
@@ -158,12 +144,43 @@ def _check_generate_args(max_new_tokens, temperature, top_k, top_p, stop_tokens)
     return _as_stop_tokens(stop_tokens)
 
 
+# %% ../notebooks/07_sampling.ipynb #ch07-025b
+def _draw(probs: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One token id per row of ``probs`` (B, vocab_size) -> (B, 1), drawn with ``generator``
+    (``torch.multinomial``; a CPU generator works for probabilities on any device)."""
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Choose the next token for each row of ``logits`` (B, vocab_size); returns ids (B, 1).
+
+    ``temperature == 0`` is greedy (argmax, no randomness). Otherwise one token is drawn from
+    :func:`next_token_probs` with ``generator`` (a ``torch.Generator``; the same seed gives the
+    same draws). A CPU generator works for a model on any device.
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    return _draw(next_token_probs(logits, temperature, top_k, top_p), generator)
+
+
 def _generate_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
                     temperature: float, top_k: Optional[int], top_p: Optional[float],
                     stops: Optional[torch.Tensor], use_cache: bool,
                     generator: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
     """Yield the new tokens one step at a time, each a LongTensor (B,): the engine of
-    :func:`generate` and :func:`stream` (``idx`` is a checked (B, T) prompt).
+    :func:`generate` and :func:`stream` (``idx`` is a checked (B, T) prompt, ``stops`` None or
+    a 1-D LongTensor of stop-token ids).
+
+    Each step feeds the model the context cropped to its last ``block_size`` tokens (with the
+    cache, ``cache.next_input(idx)``), takes the last position's logits, chooses the next tokens
+    with :func:`sample_next`, appends them to ``idx`` and yields them. With ``stops``, a row that
+    has chosen a stop token is done and repeats that token at every later step; the loop ends
+    after the step in which the last row is done.
 
     Cropping rule: the model sees at most ``block_size`` tokens. Without the cache every step
     feeds the last ``block_size`` tokens. With the cache, each step feeds only the new token
@@ -173,27 +190,21 @@ def _generate_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
     """
     block_size = model.config.block_size
     cache = KVCache(model.config.n_layer, block_size) if use_cache else None
-    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-    pad = torch.zeros_like(done, dtype=torch.long)
+    stops = None if stops is None else stops.to(idx.device)
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # rows that chose a stop
+    repeat = torch.zeros_like(done, dtype=torch.long)   # the stop token each done row repeats
     was_training = model.training
     model.eval()
     try:
         for step in range(max_new_tokens):
-            if cache is None:
-                feed = idx[:, -block_size:]                # the whole (cropped) context
-            elif step == 0 or len(cache) == block_size:    # empty, or full: (re)fill the window
-                cache.reset()
-                feed = idx[:, -block_size:]
-            else:                                          # only the token chosen last step
-                feed = idx[:, -1:]
+            feed = idx[:, -block_size:] if cache is None else cache.next_input(idx)
             with torch.no_grad():
                 logits, _ = model(feed, cache=cache)
-            logits = logits[:, -1]
-            nxt = sample_next(logits, temperature, top_k, top_p, generator).view(-1)
+            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator).view(-1)
             if stops is not None:
-                nxt = torch.where(done, pad, nxt)           # finished rows repeat their stop token
-                hit = torch.isin(nxt, stops.to(nxt.device)) & ~done
-                pad = torch.where(hit, nxt, pad)
+                nxt = torch.where(done, repeat, nxt)        # finished rows repeat their stop token
+                hit = torch.isin(nxt, stops) & ~done
+                repeat = torch.where(hit, nxt, repeat)
                 done = done | hit
             idx = torch.cat([idx, nxt[:, None]], dim=1)
             yield nxt
@@ -202,7 +213,7 @@ def _generate_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
     finally:
         model.train(was_training)
 
-
+# %% ../notebooks/07_sampling.ipynb #ch07-025c
 def generate(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, stop_tokens=None,
              use_cache: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -261,9 +272,10 @@ class LayerKVCache:
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values (B, n_head, T, head_size) after the cached ones; return the
         keys and values of every position so far, (B, n_head, length, head_size)."""
+        if self.length + k.size(2) > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; "
+                             f"{self.length + k.size(2)} were asked for")
         start, end = self.length, self.length + k.size(2)
-        if end > self.capacity:
-            raise ValueError(f"the KV cache holds {self.capacity} positions; {end} were asked for")
         if self.keys is None or self.keys.shape[0] != k.shape[0] or self.keys.dtype != k.dtype:
             shape = (k.size(0), k.size(1), self.capacity, k.size(3))
             self.keys, self.values = k.new_empty(shape), v.new_empty(shape)
@@ -273,6 +285,7 @@ class LayerKVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
+# %% ../notebooks/07_sampling.ipynb #ch07-045b
 class KVCache:
     """The keys and values of every token seen so far, one :class:`LayerKVCache` per layer.
 
@@ -292,6 +305,17 @@ class KVCache:
         """Forget every cached position (the memory is kept for reuse)."""
         for layer in self.layers:
             layer.length = 0
+
+    def next_input(self, idx: torch.Tensor) -> torch.Tensor:
+        """The tokens of ``idx`` (B, T), every token so far, that the model must run this step.
+
+        An empty or full cache is emptied and gets the last ``capacity`` tokens, which (re)fill it
+        at positions ``0 ..``; otherwise only the newest token, (B, 1), at position ``len(self)``.
+        """
+        if len(self) in (0, self.capacity):
+            self.reset()
+            return idx[:, -self.capacity:]
+        return idx[:, -1:]
 
     def nbytes(self) -> int:
         """Memory held by the cache tensors, in bytes."""

@@ -273,3 +273,15 @@ def test_bad_prompts_raise_value_error(model, prompt, phrase):
 def test_check_sampling_args_accepts_the_edges():
     check_sampling_args(0, 1, 1.0)
     check_sampling_args(2.5, None, 1e-9)
+
+
+def test_next_input_fills_then_feeds_one_token_then_refills():
+    cache = KVCache(2, 4)
+    idx = torch.arange(12).view(2, 6)
+    assert torch.equal(cache.next_input(idx), idx[:, -4:])          # empty: fill
+    for layer in cache.layers:
+        layer.update(torch.zeros(2, 1, 3, 5), torch.zeros(2, 1, 3, 5))
+    assert torch.equal(cache.next_input(idx), idx[:, -1:]) and len(cache) == 3
+    for layer in cache.layers:
+        layer.update(torch.zeros(2, 1, 1, 5), torch.zeros(2, 1, 1, 5))
+    assert torch.equal(cache.next_input(idx), idx[:, -4:]) and len(cache) == 0   # full: refill
