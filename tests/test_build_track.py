@@ -36,7 +36,7 @@ def test_build_keeps_a_passing_component(sqrt_exercise, capsys):
 def test_build_falls_back_to_gptlibs_component(sqrt_exercise, capsys, candidate, status):
     assert build("99.1", candidate) is math.sqrt
     out = capsys.readouterr().out
-    assert status in out and "uses gptlib's math.sqrt instead" in out
+    assert status in out and "uses the course's math.sqrt instead" in out
 
 
 def test_check_package_names_chapter_and_exercise(sqrt_exercise, monkeypatch):

@@ -184,7 +184,7 @@ def build(exercise_id: str, candidate: Any) -> Any:
     spec = registry()[exercise_id]
     if spec.builds is None:
         raise ValueError(f"exercise {exercise_id} names no gptlib component to fall back to")
-    print(f"   the rest of this chapter uses gptlib's {spec.builds.replace(':', '.')} instead")
+    print(f"   the rest of this chapter uses the course's {spec.builds.replace(':', '.')} instead")
     return spec.reference()
 
 
