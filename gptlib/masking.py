@@ -3,10 +3,11 @@
 """Attention masks: the causal mask, masking scores with ``-inf`` before the softmax (with a
 NaN-free rule for a query that may attend to nothing), and the padding masks for batches of
 sequences of different lengths (``padding_mask``, ``causal_padding_mask``), which fine-tuning
-and batched generation use. Built in Chapter 3 (notebooks/03_causal_mask.ipynb)."""
+and batched generation use; and ``leaks_future``, a test that any sequence model is causal.
+Built in Chapter 3 (notebooks/03_causal_mask.ipynb)."""
 
 # %% auto #0
-__all__ = ['causal_mask', 'apply_mask', 'masked_softmax', 'padding_mask', 'causal_padding_mask']
+__all__ = ['causal_mask', 'apply_mask', 'masked_softmax', 'leaks_future', 'padding_mask', 'causal_padding_mask']
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-007
 from typing import Optional, Sequence, Union
@@ -25,6 +26,7 @@ def causal_mask(T: int, device: Optional[Union[str, torch.device]] = None) -> to
     """
     positive_int("T", T)
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-013
 def _check_mask(scores: torch.Tensor, mask: torch.Tensor) -> None:
@@ -48,16 +50,18 @@ def _check_mask(scores: torch.Tensor, mask: torch.Tensor) -> None:
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to scores of "
                          f"shape {tuple(scores.shape)}: each leading dim must be 1 or match")
 
-
+# %% ../notebooks/03_causal_mask.ipynb #ch03-013y
 def apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Return ``scores`` with every disallowed position (``mask == False``) set to ``-inf``.
 
     ``scores`` is ``(..., T_q, T_k)``; ``mask`` is a bool tensor that broadcasts to it, e.g.
     ``(T, T)`` from :func:`causal_mask` or ``(B, 1, T, T)`` from :func:`causal_padding_mask`.
     Apply it *before* the softmax: ``exp(-inf) = 0``, so masked keys get exactly zero weight.
+    ``scores`` itself is left unchanged (the result is a new tensor).
     """
     _check_mask(scores, mask)
     return scores.masked_fill(~mask, float("-inf"))
+
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-018
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -73,6 +77,28 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     empty = ~mask.any(dim=-1, keepdim=True)            # rows with no allowed key
     masked = masked.masked_fill(empty, 0.0)            # finite, so softmax stays NaN-free
     return F.softmax(masked, dim=-1).masked_fill(empty, 0.0)
+
+
+# %% ../notebooks/03_causal_mask.ipynb #ch03-030
+@torch.no_grad()
+def leaks_future(model, x: torch.Tensor, atol: float = 1e-6) -> bool:
+    """``True`` if ``model``'s output at some position ``t`` changes when a token after ``t`` changes.
+
+    ``model`` maps ``(B, T)`` token ids to outputs of shape ``(B, T, ...)``; ``x`` is a ``(B, T)``
+    batch of ids. Each position ``t = 1 .. T-1`` in turn gets a different token (in
+    ``range(int(x.max()) + 1)``, or 0/1 when ``x`` holds a single id), and the outputs at the
+    positions before ``t`` are compared with the unchanged run, within ``atol``. ``False`` means
+    no change was seen: the model is causal on this batch.
+    """
+    vocab = int(x.max()) + 1
+    reference = model(x)
+    for t in range(1, x.shape[1]):
+        changed = x.clone()
+        changed[:, t] = (x[:, t] + 1) % max(vocab, 2)
+        if not torch.allclose(model(changed)[:, :t], reference[:, :t], atol=atol):
+            return True
+    return False
+
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-036
 def padding_mask(lengths: Optional[Union[torch.Tensor, Sequence[int]]] = None, T: Optional[int] = None, *,
@@ -115,6 +141,7 @@ def padding_mask(lengths: Optional[Union[torch.Tensor, Sequence[int]]] = None, T
     return positions[None, :] >= (T - lengths)[:, None]
 
 
+# %% ../notebooks/03_causal_mask.ipynb #ch03-036d
 def causal_padding_mask(pad: torch.Tensor) -> torch.Tensor:
     """The attention mask of a padded batch: the ``(B, T)`` padding mask combined with the causal
     mask into a ``(B, 1, T, T)`` bool mask, for :func:`apply_mask` or :func:`masked_softmax`.
@@ -132,3 +159,4 @@ def causal_padding_mask(pad: torch.Tensor) -> torch.Tensor:
                             else type(pad).__name__))
     T = pad.shape[1]
     return causal_mask(T, device=pad.device)[None, None] & pad[:, None, None, :]
+

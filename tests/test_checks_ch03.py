@@ -4,67 +4,79 @@ import torch
 import torch.nn.functional as F
 
 from gptlib.exercises import run_check
-from gptlib.masking import causal_mask, causal_padding_mask, masked_softmax, padding_mask
+from gptlib.masking import (apply_mask, causal_mask, causal_padding_mask, leaks_future, masked_softmax,
+                            padding_mask)
 
 
 # ---------------------------------------------------------------- 3.1 the causal mask
 def _tri(diagonal, upper=False, dtype=torch.bool):
-    def candidate(T):
-        ones = torch.ones(T, T, dtype=dtype)
+    def candidate(T, device=None):
+        ones = torch.ones(T, T, dtype=dtype, device=device)
         return ones.triu(diagonal) if upper else ones.tril(diagonal)
     return candidate
 
 
-# ---------------------------------------------------------------- 3.2 causal attention weights
-def _with_mask(allowed_fn, dim=-1):
-    def candidate(scores):
-        T = scores.shape[-1]
-        return F.softmax(scores.masked_fill(~allowed_fn(T), float("-inf")), dim=dim)
+def _arange_mask(T, device=None):
+    pos = torch.arange(T, device=device)
+    return pos[None, :] <= pos[:, None]
+
+
+def _ignores_device(T, device=None):
+    return torch.ones(T, T, dtype=torch.bool).tril()
+
+
+# ---------------------------------------------------------------- 3.2 apply_mask
+def _fill(value, where="disallowed"):
+    def candidate(scores, mask):
+        return scores.masked_fill(~mask if where == "disallowed" else mask, value)
     return candidate
 
 
-def _renorm(scores):
-    w = F.softmax(scores, dim=-1) * causal_mask(scores.shape[-1])
-    return w / w.sum(-1, keepdim=True)
+def _apply_in_place(scores, mask):
+    return scores.masked_fill_(~mask, float("-inf"))
 
 
-def _fill_zero(scores):
-    return F.softmax(scores.masked_fill(~causal_mask(scores.shape[-1]), 0.0), dim=-1)
+def _apply_then_softmax(scores, mask):
+    return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
 
 
-def _mask_after_softmax(scores):
-    return F.softmax(scores, dim=-1).masked_fill(~causal_mask(scores.shape[-1]), 0.0)
+def _apply_by_addition(scores, mask):   # an additive mask: 0 where allowed, -inf elsewhere
+    return scores + torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
 
 
-def _mask_after_softmax_multiply(scores):
-    return F.softmax(scores, dim=-1) * causal_mask(scores.shape[-1])
-
-
-def _in_place(scores):
-    return F.softmax(scores.masked_fill_(~causal_mask(scores.shape[-1]), float("-inf")), dim=-1)
-
-
-def _only_2d(scores):       # uses dim=1, which is the key axis only for a 2-D input
-    return F.softmax(scores.masked_fill(~causal_mask(scores.shape[-1]), float("-inf")), dim=1)
-
-
-def _scaled(scores):
-    return _with_mask(causal_mask)(scores / 2)
-
-
-# ---------------------------------------------------------------- 3.3 causal + padding
-def _combined(pad_index, causal=True, extra=0):
-    def candidate(lengths, T):
-        pos = torch.arange(T)
-        real = pos[None, :] < torch.as_tensor(lengths)[:, None] + extra
-        pad = real[:, None, None, :] if pad_index == "keys" else real[:, None, :, None]
-        mask = pad.expand(len(lengths), 1, T, T)
-        return mask & causal_mask(T) if causal else mask
+# ---------------------------------------------------------------- 3.3 masked_softmax
+def _softmax_of(fill, after=None, dim=-1, empty_rows=None, finite_first=False):
+    """softmax over `dim` of scores filled with `fill` where masked; `after` post-processes."""
+    def candidate(scores, mask):
+        masked = scores.masked_fill(~mask, fill)
+        empty = ~mask.any(dim=-1, keepdim=True)
+        if finite_first:
+            masked = masked.masked_fill(empty, 0.0)
+        w = F.softmax(masked, dim=dim)
+        if after == "zero-masked":
+            w = w.masked_fill(~mask, 0.0)
+        elif after == "nan-to-num":
+            w = w.nan_to_num(0.0)
+        if empty_rows == "zero":
+            w = w.masked_fill(empty, 0.0)
+        return w
     return candidate
 
 
-def _both_axes(lengths, T):
-    return _combined("keys")(lengths, T) & _combined("queries")(lengths, T)
+def _renorm(scores, mask):      # softmax, zero the masked keys, renormalise: right, if roundabout
+    w = F.softmax(scores, dim=-1) * mask
+    total = w.sum(-1, keepdim=True)
+    return torch.where(total > 0, w / total.clamp_min(1e-30), torch.zeros_like(w))
+
+
+def _softmax_in_place(scores, mask):
+    empty = ~mask.any(dim=-1, keepdim=True)
+    masked = scores.masked_fill_(~mask, float("-inf")).masked_fill(empty, 0.0)
+    return F.softmax(masked, dim=-1).masked_fill(empty, 0.0)
+
+
+def _scaled(scores, mask):
+    return masked_softmax(scores / 2, mask)
 
 
 # ---------------------------------------------------------------- 3.4 leak detector
@@ -93,16 +105,82 @@ def _one_step(model, x):   # only asks: does the output at t depend on x[t + 1]?
     return False
 
 
+# ---------------------------------------------------------------- 3.5 padding_mask
+def _pad(right=lambda pos, L, T: pos[None, :] < L[:, None],
+         left=lambda pos, L, T: pos[None, :] >= (T - L)[:, None], dtype=None):
+    def candidate(lengths, T=None, *, attention_mask=None, side="right", device=None):
+        L = torch.as_tensor(lengths)
+        pos = torch.arange(T)
+        out = (right if side == "right" else left)(pos, L, T)
+        return out if dtype is None else out.to(dtype)
+    return candidate
+
+
+def _pad_loop(guard_zero=True):
+    """A Python loop over the batch; without `guard_zero`, left padding slices out[b, -n:] with n = 0."""
+    def candidate(lengths, T=None, *, attention_mask=None, side="right", device=None):
+        out = torch.zeros(len(lengths), T, dtype=torch.bool)
+        for b, n in enumerate(torch.as_tensor(lengths).tolist()):
+            if side == "right":
+                out[b, :n] = True
+            elif n or not guard_zero:
+                out[b, -n:] = True           # -0 is 0: a length-0 sequence becomes all real
+        return out
+    return candidate
+
+
+# ---------------------------------------------------------------- 3.6 causal + padding
+def _combined(axes=("keys",), causal=True):
+    def candidate(pad):
+        B, T = pad.shape
+        mask = torch.ones(B, 1, T, T, dtype=torch.bool)
+        if "keys" in axes:
+            mask = mask & pad[:, None, None, :]
+        if "queries" in axes:
+            mask = mask & pad[:, None, :, None]
+        return mask & causal_mask(T) if causal else mask
+    return candidate
+
+
+# ---------------------------------------------------------------- 3.7 attention offset
+def _offset(sign=1, reduce="sum"):
+    def candidate(weights):
+        T = weights.shape[-1]
+        pos = torch.arange(T, dtype=weights.dtype)
+        off = sign * (pos[None, :] - pos[:, None])
+        if reduce == "sum":
+            return (weights * off).sum(-1)
+        if reduce == "mean":
+            return (weights * off).mean(-1)
+        return off.expand_as(weights).sum(-1)          # unweighted
+    return candidate
+
+
+def _argmax_offset(weights):
+    T = weights.shape[-1]
+    return (weights.argmax(-1) - torch.arange(T)).to(weights.dtype)
+
+
 # ---------------------------------------------------------------- the table
 PASSING = [  # (exercise, candidate); the id names it
     pytest.param("3.1", causal_mask, id="3.1-library"),
     pytest.param("3.1", _tri(0), id="3.1-reference"),
-    pytest.param("3.2", lambda s: masked_softmax(s, causal_mask(s.shape[-1])), id="3.2-library"),
-    pytest.param("3.2", _with_mask(causal_mask), id="3.2-reference"),
-    pytest.param("3.2", _renorm, id="3.2-mask-after-softmax-with-renormalization"),
-    pytest.param("3.3", _combined("keys"), id="3.3-reference"),
-    pytest.param("3.3", lambda lengths, T: causal_padding_mask(padding_mask(lengths, T)), id="3.3-library"),
+    pytest.param("3.1", _arange_mask, id="3.1-compare-positions"),
+    pytest.param("3.2", apply_mask, id="3.2-library"),
+    pytest.param("3.2", _fill(float("-inf")), id="3.2-reference"),
+    pytest.param("3.2", _apply_by_addition, id="3.2-additive-mask"),
+    pytest.param("3.3", masked_softmax, id="3.3-library"),
+    pytest.param("3.3", _softmax_of(float("-inf"), finite_first=True, empty_rows="zero"), id="3.3-reference"),
+    pytest.param("3.3", _renorm, id="3.3-renormalise-after-softmax"),
+    pytest.param("3.3", _softmax_of(float("-inf"), after="nan-to-num"), id="3.3-nan-to-num"),
+    pytest.param("3.4", leaks_future, id="3.4-library"),
     pytest.param("3.4", _detector(0), id="3.4-reference"),
+    pytest.param("3.5", padding_mask, id="3.5-library"),
+    pytest.param("3.5", _pad(), id="3.5-reference"),
+    pytest.param("3.5", _pad_loop(), id="3.5-python-loop"),
+    pytest.param("3.6", causal_padding_mask, id="3.6-library"),
+    pytest.param("3.6", _combined(), id="3.6-reference"),
+    pytest.param("3.7", _offset(), id="3.7-reference"),
 ]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id names the mistake
@@ -110,40 +188,33 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id nam
     pytest.param("3.1", _tri(1), "off by one", id="3.1-one-future-token"),
     pytest.param("3.1", _tri(0, upper=True), "upper- instead of lower-triangular", id="3.1-upper-triangular"),
     pytest.param("3.1", _tri(1, upper=True), "True on the future", id="3.1-inverted"),
-    pytest.param("3.1", lambda T: torch.ones(T, T, dtype=torch.bool), "nothing is masked", id="3.1-no-mask"),
+    pytest.param("3.1", lambda T, device=None: torch.ones(T, T, dtype=torch.bool), "nothing is masked",
+                 id="3.1-no-mask"),
     pytest.param("3.1", _tri(0, dtype=torch.float32), "dtype is torch.float32", id="3.1-float-dtype"),
-    pytest.param("3.1", lambda T: torch.zeros(T, T).masked_fill(~causal_mask(T), float("-inf")),
+    pytest.param("3.1", lambda T, device=None: torch.zeros(T, T).masked_fill(~causal_mask(T), float("-inf")),
                  "bool tensor", id="3.1-additive-mask"),
-    pytest.param("3.1", lambda T: causal_mask(T + 1), "must have shape", id="3.1-wrong-shape"),
-    pytest.param("3.1", lambda T: causal_mask(T).tolist(), "return a torch tensor", id="3.1-not-a-tensor"),
-    pytest.param("3.2", _fill_zero, "filled with 0 instead of -inf", id="3.2-fill-zero"),
-    pytest.param("3.2", _mask_after_softmax, "applied after the softmax", id="3.2-mask-after-softmax"),
-    pytest.param("3.2", _mask_after_softmax_multiply, "applied after the softmax",
-                 id="3.2-multiply-after-softmax"),
-    pytest.param("3.2", _with_mask(causal_mask, dim=-2), "wrong axis", id="3.2-softmax-over-queries"),
-    pytest.param("3.2", _with_mask(lambda T: causal_mask(T).tril(-1)), "diagonal is excluded",
-                 id="3.2-diagonal-excluded"),
-    pytest.param("3.2", _with_mask(lambda T: torch.ones(T, T, dtype=torch.bool).tril(1)), "off by one",
-                 id="3.2-one-future-token"),
-    pytest.param("3.2", _with_mask(lambda T: torch.ones(T, T, dtype=torch.bool).triu()),
-                 "upper- instead of lower", id="3.2-upper-triangular"),
-    pytest.param("3.2", lambda s: F.softmax(s, dim=-1), "nothing is masked", id="3.2-no-mask"),
-    pytest.param("3.2", _in_place, "in place", id="3.2-in-place"),
-    pytest.param("3.2", _only_2d, "NaN", id="3.2-softmax-over-heads"),
-    pytest.param("3.2", _scaled, "did you scale", id="3.2-scaled"),
-    pytest.param("3.2", lambda s: s[..., :-1], "same shape", id="3.2-wrong-shape"),
-    pytest.param("3.3", lambda lengths, T: causal_mask(T).expand(len(lengths), 1, T, T),
-                 "padding keys are not masked", id="3.3-no-padding"),
-    pytest.param("3.3", _combined("keys", causal=False), "causal part is missing", id="3.3-no-causal"),
-    pytest.param("3.3", _combined("queries"), "query axis (rows)", id="3.3-rows-not-columns"),
-    pytest.param("3.3", _both_axes, "mask padded *keys* (columns)", id="3.3-rows-and-columns"),
-    pytest.param("3.3", _combined("keys", extra=1), "off by one in the lengths", id="3.3-length-off-by-one"),
-    pytest.param("3.3", lambda lengths, T: _combined("keys")(lengths, T)[:, 0], "lacks the head dim",
-                 id="3.3-no-head-dim"),
-    pytest.param("3.3", lambda lengths, T: _combined("keys")(lengths, T).float(), "dtype is torch.float32",
-                 id="3.3-float-dtype"),
-    pytest.param("3.3", lambda lengths, T: _combined("keys")(lengths, T).transpose(-1, -2),
-                 "upper- instead of lower", id="3.3-transposed"),
+    pytest.param("3.1", lambda T, device=None: causal_mask(T + 1), "must have shape", id="3.1-wrong-shape"),
+    pytest.param("3.1", lambda T, device=None: causal_mask(T).tolist(), "return a torch tensor",
+                 id="3.1-not-a-tensor"),
+    pytest.param("3.1", _ignores_device, "create the mask on `device`", id="3.1-ignores-device"),
+    pytest.param("3.2", _fill(0.0), "filled with 0 instead of -inf", id="3.2-fill-zero"),
+    pytest.param("3.2", _fill(-1e4), "exactly -inf", id="3.2-finite-fill"),
+    pytest.param("3.2", _fill(float("-inf"), where="allowed"), "hid the allowed positions", id="3.2-inverted"),
+    pytest.param("3.2", _apply_in_place, "in place", id="3.2-in-place"),
+    pytest.param("3.2", _apply_then_softmax, "you returned weights", id="3.2-returns-weights"),
+    pytest.param("3.2", lambda s, m: s.masked_fill(~m, float("-inf"))[..., :-1], "scores' shape",
+                 id="3.2-wrong-shape"),
+    pytest.param("3.3", _softmax_of(0.0), "filled with 0 instead of -inf", id="3.3-fill-zero"),
+    pytest.param("3.3", _softmax_of(float("-inf"), finite_first=True, empty_rows="zero", dim=-2),
+                 "wrong axis", id="3.3-softmax-over-queries"),
+    pytest.param("3.3", lambda s, m: F.softmax(s, dim=-1).masked_fill(~m, 0.0), "applied after the softmax",
+                 id="3.3-mask-after-softmax"),
+    pytest.param("3.3", lambda s, m: F.softmax(s, dim=-1), "nothing is masked", id="3.3-no-mask"),
+    pytest.param("3.3", _softmax_of(float("-inf")), "allows no key at all", id="3.3-nan-on-empty-rows"),
+    pytest.param("3.3", _softmax_of(float("-inf"), finite_first=True), "uniform", id="3.3-uniform-empty-rows"),
+    pytest.param("3.3", _softmax_in_place, "in place", id="3.3-in-place"),
+    pytest.param("3.3", _scaled, "did you scale", id="3.3-scaled"),
+    pytest.param("3.3", lambda s, m: masked_softmax(s, m)[..., :-1], "scores' shape", id="3.3-wrong-shape"),
     pytest.param("3.4", _detector(1), "but it is causal", id="3.4-compares-position-t"),
     pytest.param("3.4", _detector(0, positions=lambda T: [T - 1]), "missed a model", id="3.4-only-last-token"),
     pytest.param("3.4", _detector(0, positions=lambda T: range(2, T)), "leaks only at position 0",
@@ -154,6 +225,34 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id nam
     pytest.param("3.4", lambda model, x: True, "but it is causal", id="3.4-always-true"),
     pytest.param("3.4", lambda model, x: "no", "return True or False", id="3.4-not-a-bool"),
     pytest.param("3.4", _one_step, "two steps ahead", id="3.4-one-step-misses-two-step-leak"),
+    pytest.param("3.5", _pad(left=lambda pos, L, T: pos[None, :] < L[:, None]), "you padded on the right",
+                 id="3.5-ignores-side"),
+    pytest.param("3.5", _pad(right=lambda pos, L, T: pos[None, :] >= (T - L)[:, None]), "padded on the left",
+                 id="3.5-right-is-left"),
+    pytest.param("3.5", _pad(right=lambda pos, L, T: pos[None, :] <= L[:, None]), "off by one",
+                 id="3.5-right-off-by-one"),
+    pytest.param("3.5", _pad(left=lambda pos, L, T: pos[None, :] > (T - L - 1)[:, None] - 1), "off by one",
+                 id="3.5-left-off-by-one"),
+    pytest.param("3.5", _pad(right=lambda pos, L, T: pos[None, :] >= L[:, None]), "True at padding",
+                 id="3.5-inverted"),
+    pytest.param("3.5", _pad_loop(guard_zero=False), "row 0 should be", id="3.5-negative-slice-length-0"),
+    pytest.param("3.5", _pad(dtype=torch.long), "dtype is torch.int64", id="3.5-long-dtype"),
+    pytest.param("3.5", lambda lengths, T=None, **kw: _pad()(lengths, T, **kw).T, "return shape",
+                 id="3.5-transposed"),
+    pytest.param("3.6", lambda pad: causal_mask(pad.shape[1]).expand(pad.shape[0], 1, *pad.shape[1:] * 2),
+                 "padding keys are not masked", id="3.6-no-padding"),
+    pytest.param("3.6", _combined(causal=False), "causal part is missing", id="3.6-no-causal"),
+    pytest.param("3.6", _combined(("queries",)), "query axis (rows)", id="3.6-rows-not-columns"),
+    pytest.param("3.6", _combined(("keys", "queries")), "query axis (rows)", id="3.6-rows-and-columns"),
+    pytest.param("3.6", lambda pad: _combined()(pad)[:, 0], "lacks the head dim", id="3.6-no-head-dim"),
+    pytest.param("3.6", lambda pad: _combined()(pad).float(), "dtype is torch.float32", id="3.6-float-dtype"),
+    pytest.param("3.6", lambda pad: _combined()(pad).transpose(-1, -2), "upper- instead of lower",
+                 id="3.6-transposed"),
+    pytest.param("3.7", _offset(sign=-1), "sign is flipped", id="3.7-sign-flipped"),
+    pytest.param("3.7", _offset(reduce="mean"), "must give offset +1", id="3.7-mean-not-sum"),
+    pytest.param("3.7", _offset(reduce="unweighted"), "offset +1", id="3.7-unweighted"),
+    pytest.param("3.7", _argmax_offset, "do not average", id="3.7-argmax"),
+    pytest.param("3.7", lambda w: _offset()(w)[..., None], "one offset per query", id="3.7-wrong-shape"),
 ]
 
 
@@ -167,7 +266,8 @@ def test_check_rejects_the_mistake_with_a_hint(assert_check_fails, exercise_id, 
     assert_check_fails(exercise_id, candidate, phrase)
 
 
-def test_3_1_not_done():
-    def todo(T):
+@pytest.mark.parametrize("exercise_id", ["3.1", "3.2", "3.3", "3.4", "3.5", "3.6", "3.7"])
+def test_unsolved_exercises_report_not_done(exercise_id):
+    def todo(*args, **kwargs):
         raise NotImplementedError
-    assert run_check("3.1", todo).status == "not done"
+    assert run_check(exercise_id, todo).status == "not done"
