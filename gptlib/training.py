@@ -14,8 +14,8 @@ Checkpoints live in :mod:`gptlib.checkpoint`; the generation loop in :mod:`gptli
 
 # %% auto #0
 __all__ = ['TrainConfig', 'Recipe', 'recipe_file', 'load_recipe', 'perplexity', 'bits_per_char', 'uniform_loss', 'param_groups',
-           'configure_optimizer', 'lr_at', 'evaluate', 'evaluate_full', 'resolve_precision', 'autocast_context',
-           'maybe_compile', 'History', 'DistInfo', 'draw_batch', 'train', 'load_text_data', 'main']
+           'configure_optimizer', 'lr_at', 'train_step', 'evaluate', 'evaluate_full', 'resolve_precision',
+           'autocast_context', 'maybe_compile', 'History', 'DistInfo', 'draw_batch', 'train', 'load_text_data', 'main']
 
 # %% ../notebooks/06_training.ipynb #ch06-004
 import argparse
@@ -215,9 +215,11 @@ def uniform_loss(vocab_size: int) -> float:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split the trainable parameters into a decayed and a non-decayed AdamW group.
 
-    Matrices (``dim >= 2``: linear weights and embeddings) are decayed; vectors (``dim < 2``:
-    biases, LayerNorm gains and shifts) are not, since pulling a gain towards 0 only fights the
-    normalisation. A tied weight appears once (``named_parameters`` removes duplicates).
+    Returns two dicts, ``[{"params": decayed, "weight_decay": weight_decay}, {"params": others,
+    "weight_decay": 0.0}]``. Matrices (``dim >= 2``: linear weights and embeddings) are decayed;
+    vectors (``dim < 2``: biases, LayerNorm gains and shifts) are not, since pulling a gain
+    towards 0 only fights the normalisation. Parameters that do not require a gradient (frozen)
+    are left out, and a tied weight appears once (``named_parameters`` lists it once).
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
@@ -263,52 +265,95 @@ def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps:
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)   # 0 -> 1
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
+
+# %% ../notebooks/06_training.ipynb #ch06-step
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+               micro_loss: Callable[[int], torch.Tensor], step: int, config: TrainConfig
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimizer step number ``step`` (counting from 0) of a run set up by ``config``.
+
+    1. Set ``"lr"`` in every group of ``optimizer`` to :func:`lr_at` of ``step`` (with
+       ``config.lr``, ``config.min_lr``, ``config.warmup_steps`` and ``config.max_steps``).
+    2. For each micro-batch ``i`` in ``range(config.grad_accum_steps)``: ``loss = micro_loss(i)``
+       (the forward pass: micro-batch ``i``'s mean loss), then call ``backward()`` on ``loss``
+       divided by ``grad_accum_steps``, so the gradients add up to those of the whole batch's mean.
+    3. Clip the global gradient norm of ``model``'s parameters to ``config.grad_clip`` with
+       ``nn.utils.clip_grad_norm_``; ``grad_clip == 0`` turns clipping off (clip at ``math.inf``:
+       the norm is still measured).
+    4. ``optimizer.step()``, then ``optimizer.zero_grad(set_to_none=True)``.
+
+    Returns ``(loss, norm)``: the mean of the micro-batch losses (detached, float32) and the
+    gradient norm before clipping, both 0-dim tensors left where they are (no ``.item()``).
+    """
+    lr = lr_at(step, config.lr, config.min_lr, config.warmup_steps, config.max_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = 0.0
+    for i in range(config.grad_accum_steps):
+        loss = micro_loss(i)
+        (loss / config.grad_accum_steps).backward()
+        loss_sum = loss_sum + loss.detach().float()
+    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / config.grad_accum_steps, norm
+
+
 # %% ../notebooks/06_training.ipynb #ch06-021
-@torch.no_grad()
 def evaluate(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int,
              eval_iters: int, *, seed: int = 0, device: torch.device | str | None = None,
              autocast: contextlib.AbstractContextManager | None = None) -> float:
     """Estimate the mean loss on ``data``: the average over ``eval_iters`` random batches.
 
-    The batches come from a generator seeded with ``seed``, so every call scores the *same*
+    The batches are ``get_batch(data, block_size, batch_size, generator=..., device=device)``
+    drawn from a new ``torch.Generator`` seeded with ``seed``, so every call scores the *same*
     windows: successive estimates differ only because the model changed, and evaluating does
-    not disturb the training run's random streams. The model is put in eval mode (no dropout)
-    and restored afterwards.
+    not disturb the training run's random streams. The model runs in eval mode (no dropout),
+    without gradients and inside ``autocast`` (a context manager; None: none); it is put back
+    in the mode it had (train or eval) before returning. Returns a Python float.
     """
     if eval_iters < 1:
         raise ValueError(f"eval_iters must be >= 1, got {eval_iters}")
+    autocast = autocast or contextlib.nullcontext()
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     total = torch.zeros((), device=device)
-    for _ in range(eval_iters):
-        x, y = get_batch(data, block_size, batch_size, generator=generator, device=device)
-        with autocast or contextlib.nullcontext():
-            _, loss = model(x, y)
-        total += loss.float()
+    with torch.no_grad():
+        for _ in range(eval_iters):
+            x, y = get_batch(data, block_size, batch_size, generator=generator, device=device)
+            with autocast:
+                _, loss = model(x, y)
+            total += loss.float()
     model.train(was_training)
     return (total / eval_iters).item()
 
 
-@torch.no_grad()
 def evaluate_full(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 32,
                   device: torch.device | str | None = None,
                   autocast: contextlib.AbstractContextManager | None = None) -> tuple[float, int]:
     """The mean loss over every target of ``data`` scored exactly once (consecutive windows).
 
+    The batches are ``iter_batches(data, block_size, batch_size, device=device)`` (the last one
+    may be smaller); each batch's mean loss counts as many times as it has targets, summed in
+    float64. Eval mode, no gradients, ``autocast`` and the mode restored as in :func:`evaluate`.
     Returns ``(mean loss in nats per token, number of tokens scored)``: slower than
     :func:`evaluate`, but no sampling noise; use it for the final number of a run.
     """
+    autocast = autocast or contextlib.nullcontext()
     was_training = model.training
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    for x, y in iter_batches(data, block_size, batch_size, device=device):
-        with autocast or contextlib.nullcontext():
-            _, loss = model(x, y)
-        total += loss.double() * y.numel()
-        count += y.numel()
+    with torch.no_grad():
+        for x, y in iter_batches(data, block_size, batch_size, device=device):
+            with autocast:
+                _, loss = model(x, y)
+            total += loss.double() * y.numel()
+            count += y.numel()
     model.train(was_training)
     return (total / count).item(), count
+
 
 # %% ../notebooks/06_training.ipynb #ch06-023
 def resolve_precision(device: torch.device | str, precision: str = "auto") -> str:
@@ -444,10 +489,9 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
           progress: bool = True) -> History:
     """Train ``model`` for ``config.max_steps`` optimizer steps; return the History.
 
-    Each step: set the learning rate from :func:`lr_at`; for each of ``grad_accum_steps``
-    micro-batches compute the loss (under :func:`autocast_context`) and call ``backward`` on
-    ``loss / grad_accum_steps``; clip the global gradient norm; take an AdamW step over the
-    parameters that require a gradient (a frozen parameter stays as it is). Every
+    Each step is :func:`train_step`: the learning rate from :func:`lr_at`, ``grad_accum_steps``
+    micro-batches (their forward pass under :func:`autocast_context`), clipping, and an AdamW
+    step over the parameters that require a gradient (a frozen parameter stays as it is). Every
     ``eval_interval`` steps (and at the end) the run is evaluated and each callback gets
     ``(step, history, model)``.
 
@@ -517,6 +561,12 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
         def batch_loss(net: nn.Module, generator: torch.Generator, device: torch.device) -> torch.Tensor:
             x, y = draw_batch(train_data, block_size, config.batch_size, generator, dist_info, device)
             return net(x, y)[1]
+
+    def micro_loss(micro: int) -> torch.Tensor:   # DDP averages gradients after the last micro-batch only
+        last = micro == config.grad_accum_steps - 1
+        sync = contextlib.nullcontext() if last or dist_info.world_size == 1 else net.no_sync()
+        with sync, autocast:
+            return batch_loss(net, generator, device)
     eval_bs = config.eval_batch_size or config.batch_size
     pending: list[torch.Tensor] = []
 
@@ -575,27 +625,11 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
     for step in range(start, end):
         if eval_due(step):
             run_eval(step)
-        lr = lr_at(step, config.lr, config.min_lr, config.warmup_steps, config.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(config.grad_accum_steps):
-            last = micro == config.grad_accum_steps - 1
-            sync = contextlib.nullcontext() if last or dist_info.world_size == 1 else net.no_sync()
-            with sync:
-                with autocast:
-                    loss = batch_loss(net, generator, device)
-                (loss / config.grad_accum_steps).backward()
-            loss_sum += loss.detach().float()
-        if config.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(params, config.grad_clip)
-        else:
-            norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, norm = train_step(raw, optimizer, micro_loss, step, config)
+        lr = optimizer.param_groups[0]["lr"]
         history.step.append(step)
         history.lr.append(lr)
-        pending.append(torch.stack([loss_sum / config.grad_accum_steps, norm.float()]))
+        pending.append(torch.stack([loss.float(), norm.float()]))
         if (step + 1) % config.log_interval == 0 or step + 1 == end:
             flush()
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", lr=f"{lr:.2e}")

@@ -1,13 +1,70 @@
 """Chapter 6 checks: the references pass, the usual mistakes fail with the matching hint."""
+import contextlib
 import math
 
 import pytest
+import torch
+import torch.nn as nn
 
+from gptlib.data import get_batch, iter_batches
 from gptlib.exercises import run_check
-from gptlib.training import bits_per_char, lr_at, param_groups
+from gptlib.training import (bits_per_char, evaluate, evaluate_full, lr_at, param_groups,
+                             train_step)
 
 
-# ---- 6.1 warmup + cosine -------------------------------------------------------------------
+# ---- 6.1 bits per character ----------------------------------------------------------------
+
+def bpc_times_ln2(loss, t, c):
+    return loss * t / c * math.log(2)
+
+
+def bpc_log2_of_loss(loss, t, c):
+    return math.log2(loss * t / c)
+
+
+def bpc_per_token(loss, t, c):
+    return loss / math.log(2)
+
+
+def bpc_ratio_swapped(loss, t, c):
+    return loss * c / t / math.log(2)
+
+
+def bpc_nats(loss, t, c):
+    return loss * t / c
+
+
+# ---- 6.2 parameter groups ------------------------------------------------------------------
+
+def groups_decaying_everything(model, wd):
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": wd}]
+
+
+def groups_by_name_decaying_layernorm_gains(model, wd):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if not n.endswith("bias")], "weight_decay": wd},
+            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0}]
+
+
+def groups_with_tied_weight_twice(model, wd):
+    mats = [m.weight for m in model.modules() if hasattr(m, "weight") and m.weight.requires_grad
+            and m.weight.dim() >= 2]
+    vecs = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": mats, "weight_decay": wd}, {"params": vecs, "weight_decay": 0.0}]
+
+
+def groups_with_frozen_parameters(model, wd):
+    return [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": wd},
+            {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def groups_with_a_fixed_decay(model, wd):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+# ---- 6.3 warmup + cosine -------------------------------------------------------------------
 
 def _cosine(step, max_lr, min_lr, warmup, max_steps, floor=None):
     progress = (step - warmup) / (max_steps - warmup)
@@ -47,71 +104,183 @@ def lr_linear_decay(step, max_lr, min_lr, warmup, max_steps):
     return max_lr - (max_lr - min_lr) * (step - warmup) / (max_steps - warmup)
 
 
-# ---- 6.2 parameter groups ------------------------------------------------------------------
+# ---- 6.4 the training step -----------------------------------------------------------------
 
-def groups_decaying_everything(model, wd):
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": wd}]
-
-
-def groups_by_name_decaying_layernorm_gains(model, wd):
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if not n.endswith("bias")], "weight_decay": wd},
-            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0}]
-
-
-def groups_with_tied_weight_twice(model, wd):
-    mats = [m.weight for m in model.modules() if hasattr(m, "weight") and m.weight.requires_grad
-            and m.weight.dim() >= 2]
-    vecs = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": mats, "weight_decay": wd}, {"params": vecs, "weight_decay": 0.0}]
-
-
-def groups_with_frozen_parameters(model, wd):
-    return [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": wd},
-            {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
-
-
-# ---- 6.3 bits per character ----------------------------------------------------------------
-
-def bpc_times_ln2(loss, t, c):
-    return loss * t / c * math.log(2)
+def _slipped_step(model, optimizer, micro_loss, step, config, *, set_lr=True, divide=True, clip=True,
+                  zero=True, micro_batches=None, last_loss=False):
+    """The step with one of the usual slips switched on."""
+    if set_lr:
+        lr = lr_at(step, config.lr, config.min_lr, config.warmup_steps, config.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    losses = []
+    for i in range(config.grad_accum_steps if micro_batches is None else micro_batches):
+        loss = micro_loss(i)
+        (loss / config.grad_accum_steps if divide else loss).backward()
+        losses.append(loss.detach())
+    if clip:
+        norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+    else:
+        norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    optimizer.step()
+    if zero:
+        optimizer.zero_grad(set_to_none=True)
+    return (losses[-1] if last_loss else torch.stack(losses).mean()), norm
 
 
-def bpc_log2_of_loss(loss, t, c):
-    return math.log2(loss * t / c)
+def step_without_setting_the_lr(*args):
+    return _slipped_step(*args, set_lr=False)
 
 
-def bpc_per_token(loss, t, c):
-    return loss / math.log(2)
+def step_without_dividing_by_accumulation(*args):
+    return _slipped_step(*args, divide=False)
 
 
-def bpc_ratio_swapped(loss, t, c):
-    return loss * c / t / math.log(2)
+def step_without_clipping(*args):
+    return _slipped_step(*args, clip=False)
 
 
-def bpc_nats(loss, t, c):
-    return loss * t / c
+def step_that_keeps_the_gradients(*args):
+    return _slipped_step(*args, zero=False)
+
+
+def step_with_one_micro_batch(*args):
+    return _slipped_step(*args, micro_batches=1)
+
+
+def step_returning_the_last_loss(*args):
+    return _slipped_step(*args, last_loss=True)
+
+
+def step_returning_the_clipped_norm(model, optimizer, micro_loss, step, config):
+    loss, norm = train_step(model, optimizer, micro_loss, step, config)
+    return loss, norm.clamp(max=config.grad_clip) if config.grad_clip > 0 else norm
+
+
+def step_returning_floats(model, optimizer, micro_loss, step, config):
+    loss, norm = train_step(model, optimizer, micro_loss, step, config)
+    return loss.item(), norm.item()
+
+
+# ---- 6.5 evaluate --------------------------------------------------------------------------
+
+def _losses(model, data, block_size, batch_size, eval_iters, generator):
+    return [model(*get_batch(data, block_size, batch_size, generator=generator))[1] for _ in range(eval_iters)]
+
+
+def evaluate_in_train_mode(model, data, block_size, batch_size, eval_iters, *, seed=0, device=None, autocast=None):
+    with torch.no_grad():
+        losses = _losses(model, data, block_size, batch_size, eval_iters, torch.Generator().manual_seed(seed))
+    return torch.stack(losses).mean().item()
+
+
+def evaluate_with_gradients(model, data, block_size, batch_size, eval_iters, *, seed=0, device=None, autocast=None):
+    was = model.training
+    model.eval()
+    losses = _losses(model, data, block_size, batch_size, eval_iters, torch.Generator().manual_seed(seed))
+    model.train(was)
+    return torch.stack(losses).mean().item()
+
+
+def evaluate_that_leaves_train_mode_on(model, data, block_size, batch_size, eval_iters, *, seed=0, device=None,
+                                       autocast=None):
+    model.eval()
+    with torch.no_grad():
+        losses = _losses(model, data, block_size, batch_size, eval_iters, torch.Generator().manual_seed(seed))
+    model.train()
+    return torch.stack(losses).mean().item()
+
+
+def evaluate_with_the_global_generator(model, data, block_size, batch_size, eval_iters, *, seed=0, device=None,
+                                       autocast=None):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        losses = _losses(model, data, block_size, batch_size, eval_iters, None)
+    model.train(was)
+    return torch.stack(losses).mean().item()
+
+
+def evaluate_summing(model, data, block_size, batch_size, eval_iters, *, seed=0, device=None, autocast=None):
+    return evaluate(model, data, block_size, batch_size, eval_iters, seed=seed) * eval_iters
+
+
+def evaluate_returning_a_tensor(model, data, block_size, batch_size, eval_iters, *, seed=0, device=None,
+                                autocast=None):
+    return torch.tensor(evaluate(model, data, block_size, batch_size, eval_iters, seed=seed))
+
+
+# ---- 6.6 evaluate_full ---------------------------------------------------------------------
+
+def evaluate_full_mean_of_batch_means(model, data, block_size, batch_size=32, device=None, autocast=None):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        means = [model(x, y)[1].item() for x, y in iter_batches(data, block_size, batch_size)]
+        count = sum(y.numel() for _, y in iter_batches(data, block_size, batch_size))
+    model.train(was)
+    return sum(means) / len(means), count
+
+
+def evaluate_full_counting_windows(model, data, block_size, batch_size=32, device=None, autocast=None):
+    mean, count = evaluate_full(model, data, block_size, batch_size)
+    return mean, count // block_size
+
+
+def evaluate_full_in_train_mode(model, data, block_size, batch_size=32, device=None, autocast=None):
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in iter_batches(data, block_size, batch_size):
+            total += model(x, y)[1].item() * y.numel()
+            count += y.numel()
+    return total / count, count
+
+
+def evaluate_full_that_leaves_eval_mode_on(model, data, block_size, batch_size=32, device=None, autocast=None):
+    result = evaluate_full(model, data, block_size, batch_size)
+    model.eval()
+    return result
 
 
 # ---- the table -----------------------------------------------------------------------------
 
-PASSING = [("6.1", lr_at), ("6.2", param_groups), ("6.3", bits_per_char)]
+PASSING = [("6.1", bits_per_char), ("6.2", param_groups), ("6.3", lr_at), ("6.4", train_step),
+           ("6.5", evaluate), ("6.6", evaluate_full)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
-    ("6.1", lr_warmup_starting_at_zero, "off by one"),
-    ("6.1", lr_warmup_that_never_reaches_max, "off by one"),
-    ("6.1", lr_decay_to_zero, "decays to 0 instead of to min_lr"),
-    ("6.1", lr_cosine_to_zero_clamped_at_the_end, "decays to 0 instead of to min_lr"),
-    ("6.1", lr_linear_decay, "straight line"),
+    ("6.1", bpc_times_ln2, "multiplied by ln 2"),
+    ("6.1", bpc_log2_of_loss, "log2 of the loss"),
+    ("6.1", bpc_per_token, "bits per token"),
+    ("6.1", bpc_ratio_swapped, "swapped"),
+    ("6.1", bpc_nats, "nats per character"),
     ("6.2", groups_decaying_everything, "LayerNorm weights/biases are decayed"),
     ("6.2", groups_by_name_decaying_layernorm_gains, "LayerNorm weights/biases are decayed"),
     ("6.2", groups_with_tied_weight_twice, "appears twice"),
     ("6.2", groups_with_frozen_parameters, "frozen"),
-    ("6.3", bpc_times_ln2, "multiplied by ln 2"),
-    ("6.3", bpc_log2_of_loss, "log2 of the loss"),
-    ("6.3", bpc_per_token, "bits per token"),
-    ("6.3", bpc_ratio_swapped, "swapped"),
-    ("6.3", bpc_nats, "nats per character"),
+    ("6.2", groups_with_a_fixed_decay, "with weight_decay=0.3"),
+    ("6.3", lr_warmup_starting_at_zero, "off by one"),
+    ("6.3", lr_warmup_that_never_reaches_max, "off by one"),
+    ("6.3", lr_decay_to_zero, "decays to 0 instead of to min_lr"),
+    ("6.3", lr_cosine_to_zero_clamped_at_the_end, "decays to 0 instead of to min_lr"),
+    ("6.3", lr_linear_decay, "straight line"),
+    ("6.4", step_without_setting_the_lr, "the schedule says"),
+    ("6.4", step_without_dividing_by_accumulation, "not divided by grad_accum_steps"),
+    ("6.4", step_without_clipping, "were not clipped"),
+    ("6.4", step_that_keeps_the_gradients, "gradients are left"),
+    ("6.4", step_with_one_micro_batch, "once per micro-batch"),
+    ("6.4", step_returning_the_clipped_norm, "after clipping"),
+    ("6.4", step_returning_floats, "0-dim tensors"),
+    ("6.4", step_returning_the_last_loss, "the mean of the micro-batch losses"),
+    ("6.5", evaluate_in_train_mode, "model.eval()"),
+    ("6.5", evaluate_with_gradients, "torch.no_grad()"),
+    ("6.5", evaluate_that_leaves_train_mode_on, "model.train(was_training)"),
+    ("6.5", evaluate_with_the_global_generator, "global generator"),
+    ("6.5", evaluate_summing, "sum of the"),
+    ("6.5", evaluate_returning_a_tensor, "Python float"),
+    ("6.6", evaluate_full_mean_of_batch_means, "mean of the batch means"),
+    ("6.6", evaluate_full_counting_windows, "number of windows"),
+    ("6.6", evaluate_full_in_train_mode, "model.eval()"),
+    ("6.6", evaluate_full_that_leaves_eval_mode_on, "model.train(was_training)"),
 ]
 
 
@@ -127,7 +296,14 @@ def test_check_rejects_the_mistake_with_a_hint(assert_check_fails, exercise_id, 
 
 
 def test_unsolved_exercise_is_not_done():
-    def todo(*args):
+    def todo(*args, **kwargs):
         raise NotImplementedError
-    for ex in ("6.1", "6.2", "6.3"):
+    for ex in {e for e, _ in PASSING}:
         assert run_check(ex, todo).status == "not done"
+
+
+def test_checks_leave_the_global_random_state_alone():
+    state = torch.get_rng_state()
+    for ex, candidate in PASSING:
+        run_check(ex, candidate)
+    assert torch.equal(state, torch.get_rng_state())

@@ -2,23 +2,137 @@
 
 Each check probes the learner's function at points where the usual mistakes give recognisably
 different answers (the first warmup step, the end of the schedule, a LayerNorm gain, ln 2 vs
-log2), and names the mistake it sees.
+log2, a clipping threshold that bites, a last batch smaller than the others, a model with
+dropout), and names the mistake it sees. The references are private, written here with PyTorch's
+own pieces (``torch.optim.AdamW``, ``nn.utils.clip_grad_norm_``, ``F.cross_entropy``), never
+gptlib.training's functions: a learner's exported code is never compared with itself.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import math
+from dataclasses import replace
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from gptlib.data import get_batch, iter_batches
 from gptlib.exercises import CheckFailed, exercise, expect
-from gptlib.training import bits_per_char, lr_at
+
+
+def _own_rng(check):
+    """Run ``check`` on a fork of torch's random state: building its small models draws from the
+    global generator, and a check must leave the learner's notebook where it was."""
+    @functools.wraps(check)
+    def run(candidate):
+        with torch.random.fork_rng(devices=[]):
+            return check(candidate)
+    return run
 
 
 def _close(a, b, tol: float = 1e-9) -> bool:
     return isinstance(a, (int, float)) and math.isclose(float(a), b, rel_tol=tol, abs_tol=tol)
 
 
-@exercise("6.1", "Warmup then cosine learning rate")
+# ---- 6.1 bits per character ------------------------------------------------------------------
+
+@exercise("6.1", "Bits per character from a loss", builds="gptlib.training:bits_per_char",
+          tier="warm-up", difficulty=1, importance=2)
+@_own_rng
+def _(candidate):
+    cases = [(1.5, 1000, 1000), (3.2, 250, 1000), (0.7, 400, 300)]
+    for loss, n_tok, n_chr in cases:
+        got = candidate(loss, n_tok, n_chr)
+        want = loss * n_tok / n_chr / math.log(2)
+        expect(isinstance(got, (int, float)), f"return a Python float, got {type(got).__name__}")
+        if _close(got, want, 1e-6):
+            continue
+        if _close(got, loss * n_tok / n_chr * math.log(2), 1e-6):
+            raise CheckFailed("you multiplied by ln 2: a loss in nats becomes bits by dividing by ln 2 "
+                              "(1 bit = ln 2 nats), i.e. loss / math.log(2)")
+        if _close(got, math.log2(max(loss * n_tok / n_chr, 1e-300)), 1e-6) or _close(got, math.log2(loss), 1e-6):
+            raise CheckFailed("you took log2 of the loss: the loss is already a logarithm (in nats); "
+                              "convert units by dividing by ln 2, do not take another log")
+        if _close(got, loss / math.log(2), 1e-6):
+            raise CheckFailed("that is bits per token: multiply by n_tokens / n_chars to spread the total "
+                              "over the characters (loss * n_tokens / n_chars / ln 2)")
+        if _close(got, loss * n_chr / n_tok / math.log(2), 1e-6):
+            raise CheckFailed("tokens and characters are swapped: total nats = loss * n_tokens, "
+                              "then divide by n_chars")
+        if _close(got, loss * n_tok / n_chr, 1e-6):
+            raise CheckFailed("that is nats per character: divide by ln 2 to get bits")
+        raise CheckFailed(f"bits_per_char({loss}, {n_tok}, {n_chr}) should be {want:.6f}, got {got!r}: "
+                          "loss * n_tokens / n_chars / ln 2")
+
+
+# ---- 6.2 parameter groups --------------------------------------------------------------------
+
+class _Tiny(nn.Module):
+    """Embedding, Linear with bias, LayerNorm, and a tied head: every kind of parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(11, 6)
+        self.fc = nn.Linear(6, 6)
+        self.ln = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 11, bias=False)
+        self.head.weight = self.wte.weight
+        self.frozen = nn.Linear(6, 6, bias=False)
+        self.frozen.weight.requires_grad_(False)
+
+
+@exercise("6.2", "Parameter groups for weight decay", builds="gptlib.training:param_groups",
+          tier="core", difficulty=2, importance=3)
+@_own_rng
+def _(candidate):
+    for wd in (0.1, 0.3):
+        model = _Tiny()
+        groups = candidate(model, wd)
+        expect(isinstance(groups, (list, tuple)) and all(isinstance(g, dict) for g in groups),
+               "return a list of dicts, each with 'params' and 'weight_decay'")
+        expect(all("params" in g and "weight_decay" in g for g in groups),
+               "every group needs the keys 'params' and 'weight_decay'")
+        names = {id(p): n for n, p in model.named_parameters()}
+        seen = [id(p) for g in groups for p in g["params"]]
+        expect(len(seen) == len(set(seen)),
+               "a parameter appears twice: the tied head weight is the embedding weight; iterate over "
+               "model.named_parameters(), which lists it once")
+        decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+        expect(id(model.frozen.weight) not in decay_of,
+               "frozen parameters (requires_grad=False) do not belong in the optimizer")
+        for name in ("wte.weight", "fc.weight", "fc.bias", "ln.weight", "ln.bias"):
+            expect(id(dict(model.named_parameters())[name]) in decay_of,
+                   f"{name} is missing from the groups: every trainable parameter needs a group")
+        if decay_of[id(model.ln.weight)] != 0 or decay_of[id(model.ln.bias)] != 0:
+            raise CheckFailed("LayerNorm weights/biases are decayed: weight decay pulls LayerNorm's gain "
+                              "towards 0; put every parameter with p.dim() < 2 (biases and norms) in the "
+                              "group with weight_decay=0.0")
+        if decay_of[id(model.fc.bias)] != 0:
+            raise CheckFailed("biases are decayed: put every parameter with p.dim() < 2 in the group "
+                              "with weight_decay=0.0")
+        for key in ("fc.weight", "wte.weight"):
+            p = dict(model.named_parameters())[key]
+            expect(decay_of[id(p)] == wd,
+                   f"with weight_decay={wd}, {key} is decayed by {decay_of[id(p)]}: a matrix (dim >= 2) "
+                   "is decayed with the weight_decay you were given")
+        expect(all(names.get(i) for i in decay_of), "the groups hold tensors that are not the model's parameters")
+
+
+# ---- 6.3 the schedule ------------------------------------------------------------------------
+
+def _lr_ref(step, hi, lo, warmup, total):
+    if step < warmup:
+        return hi * (step + 1) / warmup
+    if step >= total:
+        return lo
+    return lo + 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * (hi - lo)
+
+
+@exercise("6.3", "Warmup then cosine learning rate", builds="gptlib.training:lr_at",
+          tier="core", difficulty=2, importance=3)
+@_own_rng
 def _(candidate):
     settings = [dict(max_lr=6e-4, min_lr=6e-5, warmup_steps=10, max_steps=100),
                 dict(max_lr=1e-3, min_lr=1e-4, warmup_steps=4, max_steps=20)]
@@ -47,7 +161,7 @@ def _(candidate):
                               "warmup_steps) / (max_steps - warmup_steps), lr = min_lr + 0.5 * "
                               "(1 + cos(pi * progress)) * (max_lr - min_lr)")
         for step in range(0, N + 5):
-            ref = lr_at(step, hi, lo, W, N)
+            ref = _lr_ref(step, hi, lo, W, N)
             expect(_close(lr(step), ref),
                    f"at step {step} (warmup_steps={W}, max_steps={N}) expected {ref:.6g}, got {lr(step)!r}: "
                    "progress = (step - warmup_steps) / (max_steps - warmup_steps), "
@@ -57,75 +171,262 @@ def _(candidate):
            "with warmup_steps=0 the first step must use max_lr (no division by zero)")
 
 
-class _Tiny(nn.Module):
-    """Embedding, Linear with bias, LayerNorm, and a tied head: every kind of parameter."""
+# ---- 6.4 the training step -------------------------------------------------------------------
 
-    def __init__(self):
+class _StepNet(nn.Module):
+    """A small classifier with a matrix, biases, a LayerNorm and a frozen layer."""
+
+    def __init__(self, seed: int):
         super().__init__()
-        self.wte = nn.Embedding(11, 6)
-        self.fc = nn.Linear(6, 6)
-        self.ln = nn.LayerNorm(6)
-        self.head = nn.Linear(6, 11, bias=False)
-        self.head.weight = self.wte.weight
-        self.frozen = nn.Linear(6, 6, bias=False)
+        g = torch.Generator().manual_seed(seed)
+        self.inp = nn.Linear(5, 8)
+        self.ln = nn.LayerNorm(8)
+        self.frozen = nn.Linear(8, 8, bias=False)
+        self.out = nn.Linear(8, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
         self.frozen.weight.requires_grad_(False)
 
+    def forward(self, x):
+        return self.out(torch.tanh(self.frozen(self.ln(self.inp(x)))))
 
-@exercise("6.2", "Parameter groups for weight decay")
+
+def _step_optimizer(model, cfg):
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}],
+                             lr=0.5, betas=(cfg.beta1, cfg.beta2))   # lr 0.5: the step must set it
+
+
+class _MicroLoss:
+    """micro_loss(i) for the check: records the calls, scales the loss to make big gradients."""
+
+    def __init__(self, model, seed, n, scale):
+        g = torch.Generator().manual_seed(seed)
+        self.model, self.scale, self.calls = model, scale, []
+        self.x = torch.randn(n, 6, 5, generator=g)
+        self.y = torch.randint(0, 3, (n, 6), generator=g)
+
+    def __call__(self, i):
+        self.calls.append(i)
+        return self.scale * F.cross_entropy(self.model(self.x[i]), self.y[i])
+
+
+def _reference_step(model, optimizer, micro_loss, step, cfg, *, divide=True, clip=True):
+    """The step as the chapter writes it, with switches for the usual slips (for the hints)."""
+    lr = _lr_ref(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses = []
+    for i in range(cfg.grad_accum_steps):
+        loss = micro_loss(i)
+        (loss / cfg.grad_accum_steps if divide else loss).backward()
+        losses.append(loss.detach().float())
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 and clip else math.inf
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack(losses).mean(), norm
+
+
+def _max_diff(a: nn.Module, b: nn.Module) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+@exercise("6.4", "One optimizer step", builds="gptlib.training:train_step",
+          tier="core", difficulty=3, importance=3)
+@_own_rng
 def _(candidate):
-    model = _Tiny()
-    groups = candidate(model, 0.1)
-    expect(isinstance(groups, (list, tuple)) and all(isinstance(g, dict) for g in groups),
-           "return a list of dicts, each with 'params' and 'weight_decay'")
-    expect(all("params" in g and "weight_decay" in g for g in groups),
-           "every group needs the keys 'params' and 'weight_decay'")
-    names = {id(p): n for n, p in model.named_parameters()}
-    seen = [id(p) for g in groups for p in g["params"]]
-    expect(len(seen) == len(set(seen)),
-           "a parameter appears twice: the tied head weight is the embedding weight; iterate over "
-           "model.named_parameters(), which lists it once")
-    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
-    expect(id(model.frozen.weight) not in decay_of,
-           "frozen parameters (requires_grad=False) do not belong in the optimizer")
-    for name in ("wte.weight", "fc.weight", "fc.bias", "ln.weight", "ln.bias"):
-        expect(id(dict(model.named_parameters())[name]) in decay_of,
-               f"{name} is missing from the groups: every trainable parameter needs a group")
-    if decay_of[id(model.ln.weight)] != 0 or decay_of[id(model.ln.bias)] != 0:
-        raise CheckFailed("LayerNorm weights/biases are decayed: weight decay pulls LayerNorm's gain "
-                          "towards 0; put every parameter with p.dim() < 2 (biases and norms) in the "
-                          "group with weight_decay=0.0")
-    if decay_of[id(model.fc.bias)] != 0:
-        raise CheckFailed("biases are decayed: put every parameter with p.dim() < 2 in the group "
-                          "with weight_decay=0.0")
-    for key in ("fc.weight", "wte.weight"):
-        p = dict(model.named_parameters())[key]
-        expect(decay_of[id(p)] == 0.1,
-               f"{key} is a matrix (dim >= 2) and must be decayed with the weight_decay you were given")
-    expect(all(names.get(i) for i in decay_of), "the groups hold tensors that are not the model's parameters")
+    from gptlib.training import TrainConfig   # the run's settings: a plain dataclass
+    base = TrainConfig(max_steps=50, warmup_steps=10, lr=1e-2, min_lr=1e-3, weight_decay=0.1,
+                       beta1=0.9, beta2=0.95)
+    cases = [  # (what the case shows, steps, config, loss scale)
+        ("step 0 of the warmup, one micro-batch, clipping at 1.0", [0], replace(base, grad_clip=1.0), 1.0),
+        ("steps 12 and 13, 3 micro-batches, clipping at 0.05 (it bites)", [12, 13],
+         replace(base, grad_accum_steps=3, grad_clip=0.05), 1.0),
+        ("steps 30 and 31, 2 micro-batches, grad_clip=0 (off) with large gradients", [30, 31],
+         replace(base, grad_accum_steps=2, grad_clip=0.0), 50.0),
+        ("step 60, past max_steps, 4 micro-batches", [60], replace(base, grad_accum_steps=4, grad_clip=1.0), 1.0),
+    ]
+    for seed, (label, steps, cfg, scale) in enumerate(cases):
+        mine, ref = _StepNet(seed), _StepNet(seed)
+        opt_mine, opt_ref = _step_optimizer(mine, cfg), _step_optimizer(ref, cfg)
+        for step in steps:
+            loss_mine = _MicroLoss(mine, 100 * seed + step, cfg.grad_accum_steps, scale)
+            loss_ref = _MicroLoss(ref, 100 * seed + step, cfg.grad_accum_steps, scale)
+            ref_before, opt_before = copy.deepcopy(ref), copy.deepcopy(opt_ref.state_dict())
+            out = candidate(mine, opt_mine, loss_mine, step, cfg)
+            want_loss, want_norm = _reference_step(ref, opt_ref, loss_ref, step, cfg)
+            where = f"({label}, at step {step})"
+            expect(isinstance(out, tuple) and len(out) == 2,
+                   f"return a tuple (loss, norm), got {type(out).__name__} {where}")
+            got_loss, got_norm = out
+            expect(isinstance(got_loss, torch.Tensor) and isinstance(got_norm, torch.Tensor)
+                   and got_loss.dim() == 0 and got_norm.dim() == 0,
+                   f"loss and norm must be 0-dim tensors (no .item(): that would make the CPU wait "
+                   f"for the GPU at every step) {where}")
+            expect(not got_loss.requires_grad,
+                   f"the loss you return still carries the graph: return it detached {where}")
+            want_lr = _lr_ref(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            lrs = [g["lr"] for g in opt_mine.param_groups]
+            expect(all(_close(lr, want_lr, 1e-12) for lr in lrs),
+                   f"the optimizer's groups have lr {lrs}, the schedule says {want_lr:.6g} {where}: set "
+                   "group['lr'] = lr_at(step, ...) in every group before the optimizer steps")
+            expect(loss_mine.calls == list(range(cfg.grad_accum_steps)),
+                   f"micro_loss was called with {loss_mine.calls}; with grad_accum_steps="
+                   f"{cfg.grad_accum_steps} call it once per micro-batch, with i = 0, 1, ... {where}")
+            expect(torch.allclose(got_loss.float(), want_loss, rtol=1e-5, atol=1e-6),
+                   f"the loss returned is {got_loss.item():.6f}, the mean of the micro-batch losses is "
+                   f"{want_loss.item():.6f} {where}")
+            grads_left = [n for n, p in mine.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+            expect(not grads_left,
+                   f"gradients are left in {grads_left[0] if grads_left else ''} after the step {where}: "
+                   "the next step's backward would add to them; clear them after optimizer.step()")
+            if _max_diff(mine, ref) > 1e-5:
+                for kw, hint in ((dict(divide=False), "the micro-batch losses are not divided by "
+                                  "grad_accum_steps: the gradients add up to k times the batch's"),
+                                 (dict(clip=False), "the gradients were not clipped: with grad_clip > 0 "
+                                  "scale them down when their global norm exceeds it")):
+                    alt = copy.deepcopy(ref_before)
+                    alt_opt = _step_optimizer(alt, cfg)
+                    alt_opt.load_state_dict(opt_before)
+                    _reference_step(alt, alt_opt, _MicroLoss(alt, 100 * seed + step, cfg.grad_accum_steps, scale),
+                                    step, cfg, **kw)
+                    if _max_diff(alt, mine) < 1e-6:
+                        raise CheckFailed(f"{hint} {where}")
+                raise CheckFailed(f"after your step the weights differ from torch.optim.AdamW's by up to "
+                                  f"{_max_diff(mine, ref):.2e} {where}: backward on each loss / "
+                                  "grad_accum_steps, clip, optimizer.step(), then zero_grad")
+            if not torch.allclose(got_norm.float(), want_norm.float(), rtol=1e-4):
+                clipped = min(want_norm.item(), cfg.grad_clip) if cfg.grad_clip > 0 else want_norm.item()
+                if cfg.grad_accum_steps > 1 and math.isclose(got_norm.item(), cfg.grad_accum_steps * want_norm.item(),
+                                                             rel_tol=1e-4):
+                    raise CheckFailed(f"the gradient norm is {cfg.grad_accum_steps} times too large: the micro-batch "
+                                      "losses are not divided by grad_accum_steps, so the gradients add up to k "
+                                      f"times the batch's (clipping hides it in the weights) {where}")
+                if math.isclose(got_norm.item(), clipped, rel_tol=1e-4):
+                    raise CheckFailed(f"the norm returned is the one after clipping ({got_norm.item():.4g}); "
+                                      f"return the norm before clipping ({want_norm.item():.4g}): it is what "
+                                      f"clip_grad_norm_ returns {where}")
+                raise CheckFailed(f"the norm returned is {got_norm.item():.4g}, the global gradient norm "
+                                  f"before clipping is {want_norm.item():.4g} {where}")
 
 
-@exercise("6.3", "Bits per character from a loss")
+# ---- 6.5 / 6.6 evaluation --------------------------------------------------------------------
+
+class _EvalLM(nn.Module):
+    """A tiny language model with dropout that records, at each forward pass, whether it was in
+    train mode and whether gradients were on."""
+
+    def __init__(self, vocab: int = 7, width: int = 8, seed: int = 0):
+        super().__init__()
+        self.vocab = vocab
+        with torch.random.fork_rng():   # leave the caller's random state alone
+            torch.manual_seed(seed)
+            self.emb = nn.Embedding(vocab, width)
+            self.head = nn.Linear(width, vocab)
+        self.drop = nn.Dropout(0.5)
+        self.seen: list[tuple[bool, bool]] = []   # (training, grad enabled) per forward pass
+
+    def forward(self, idx, targets=None):
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        logits = self.head(self.drop(self.emb(idx)))
+        loss = None if targets is None else F.cross_entropy(logits.reshape(-1, self.vocab), targets.reshape(-1))
+        return logits, loss
+
+
+def _eval_data(n: int, vocab: int = 7, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def _mode_checks(candidate_call, model, name):
+    """Run ``candidate_call()`` from train mode and from eval mode; check the modes seen and restored."""
+    results = []
+    for start in (True, False):
+        model.train(start)
+        model.seen.clear()
+        results.append(candidate_call())
+        expect(model.seen, f"{name} never called the model")
+        expect(not any(training for training, _ in model.seen),
+               f"{name} ran the model in train mode: dropout then zeroes random activations and the "
+               "estimate is noisy and too high; call model.eval() first")
+        expect(not any(grad for _, grad in model.seen),
+               f"{name} ran the model with gradients on: every forward pass then keeps its graph "
+               "in memory for a backward that never comes; run it under torch.no_grad()")
+        expect(model.training == start,
+               f"called on a model in {'train' if start else 'eval'} mode, {name} left it in "
+               f"{'train' if model.training else 'eval'} mode: remember model.training first and "
+               "put it back with model.train(was_training)")
+    return results
+
+
+@exercise("6.5", "Estimate the loss on fixed batches", builds="gptlib.training:evaluate",
+          tier="core", difficulty=2, importance=3)
+@_own_rng
 def _(candidate):
-    cases = [(1.5, 1000, 1000), (3.2, 250, 1000), (0.7, 400, 300)]
-    for loss, n_tok, n_chr in cases:
-        got = candidate(loss, n_tok, n_chr)
-        want = bits_per_char(loss, n_tok, n_chr)
-        expect(isinstance(got, (int, float)), f"return a Python float, got {type(got).__name__}")
-        if _close(got, want, 1e-6):
+    for block, batch, iters, seed, n in ((4, 3, 3, 0, 200), (6, 2, 5, 7, 150)):
+        model, data = _EvalLM(seed=seed), _eval_data(n, seed=seed)
+        got = _mode_checks(lambda: candidate(model, data, block, batch, iters, seed=seed), model, "evaluate")
+        expect(all(isinstance(v, float) for v in got),
+               f"return a Python float (.item()), got {type(got[0]).__name__}")
+        expect(len(model.seen) == iters,
+               f"with eval_iters={iters} the model ran {len(model.seen)} times: one batch per iteration")
+        model.eval()
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            losses = [model(*get_batch(data, block, batch, generator=g))[1].item() for _ in range(iters)]
+        want = sum(losses) / iters
+        state = torch.get_rng_state()
+        again = candidate(model, data, block, batch, iters, seed=seed)
+        expect(torch.equal(state, torch.get_rng_state()),
+               "evaluate drew from torch's global generator: it would change the batches (and dropout "
+               "masks) the training run draws next; use a torch.Generator of its own, seeded with seed")
+        expect(got[0] == got[1] == again,
+               f"two calls on the same model gave {got[0]:.6f} and {again:.6f}: every call must score "
+               "the same windows (a new generator seeded with seed at each call)")
+        if math.isclose(got[0], want, rel_tol=1e-5):
             continue
-        if _close(got, loss * n_tok / n_chr * math.log(2), 1e-6):
-            raise CheckFailed("you multiplied by ln 2: a loss in nats becomes bits by dividing by ln 2 "
-                              "(1 bit = ln 2 nats), i.e. loss / math.log(2)")
-        if _close(got, math.log2(max(loss * n_tok / n_chr, 1e-300)), 1e-6) or _close(got, math.log2(loss), 1e-6):
-            raise CheckFailed("you took log2 of the loss: the loss is already a logarithm (in nats); "
-                              "convert units by dividing by ln 2, do not take another log")
-        if _close(got, loss / math.log(2), 1e-6):
-            raise CheckFailed("that is bits per token: multiply by n_tokens / n_chars to spread the total "
-                              "over the characters (loss * n_tokens / n_chars / ln 2)")
-        if _close(got, loss * n_chr / n_tok / math.log(2), 1e-6):
-            raise CheckFailed("tokens and characters are swapped: total nats = loss * n_tokens, "
-                              "then divide by n_chars")
-        if _close(got, loss * n_tok / n_chr, 1e-6):
-            raise CheckFailed("that is nats per character: divide by ln 2 to get bits")
-        raise CheckFailed(f"bits_per_char({loss}, {n_tok}, {n_chr}) should be {want:.6f}, got {got!r}: "
-                          "loss * n_tokens / n_chars / ln 2")
+        if math.isclose(got[0], sum(losses), rel_tol=1e-5):
+            raise CheckFailed(f"that is the sum of the {iters} batch losses: divide by eval_iters")
+        if math.isclose(got[0], losses[-1], rel_tol=1e-5):
+            raise CheckFailed("that is the last batch's loss: average over all eval_iters batches")
+        raise CheckFailed(f"evaluate(block_size={block}, batch_size={batch}, eval_iters={iters}, seed={seed}) "
+                          f"should be {want:.6f} (the mean loss of the windows get_batch draws from a "
+                          f"generator seeded with {seed}), got {got[0]:.6f}")
+
+
+@exercise("6.6", "Score every token once", builds="gptlib.training:evaluate_full",
+          tier="core", difficulty=2, importance=2)
+@_own_rng
+def _(candidate):
+    for block, batch, n in ((4, 3, 4 * 7 + 3), (5, 4, 5 * 10 + 1), (3, 8, 3 * 4 + 2)):
+        model, data = _EvalLM(seed=n), _eval_data(n, seed=n)
+        got = _mode_checks(lambda: candidate(model, data, block, batch), model, "evaluate_full")
+        expect(all(isinstance(v, tuple) and len(v) == 2 for v in got),
+               "return a tuple (mean loss, number of tokens scored)")
+        (mean, count), _ = got
+        expect(isinstance(mean, float), f"return the mean loss as a Python float, got {type(mean).__name__}")
+        model.eval()
+        total, tokens, batch_means = 0.0, 0, []
+        with torch.no_grad():
+            for x, y in iter_batches(data, block, batch):
+                logits, _ = model(x)
+                total += F.cross_entropy(logits.reshape(-1, model.vocab), y.reshape(-1), reduction="sum").item()
+                tokens += y.numel()
+                batch_means.append(model(x, y)[1].item())
+        windows = tokens // block
+        where = f"(len(data)={n}, block_size={block}, batch_size={batch}: {windows} windows, the last batch of " \
+                f"{windows - (len(batch_means) - 1) * batch})"
+        if count != tokens:
+            if count in (windows, len(batch_means)):
+                raise CheckFailed(f"the count is {count}, the number of {'windows' if count == windows else 'batches'}; "
+                                  f"return the number of target tokens scored, {tokens} {where}")
+            raise CheckFailed(f"the count is {count}; {tokens} target tokens are scored {where}")
+        if math.isclose(mean, total / tokens, rel_tol=1e-5):
+            continue
+        if math.isclose(mean, sum(batch_means) / len(batch_means), rel_tol=1e-5):
+            raise CheckFailed(f"that is the mean of the batch means: the smaller last batch weighs as much as a "
+                              f"full one {where}; weigh each batch's mean loss by its number of targets")
+        raise CheckFailed(f"the mean loss over every target should be {total / tokens:.6f}, got {mean:.6f} {where}")
