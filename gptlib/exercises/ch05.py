@@ -422,6 +422,15 @@ class _CountBlock(nn.Module):
         return x + self.proj(x)
 
 
+def _config_class(GPT):
+    """The GPTConfig that ``GPT`` checks its config against: the one beside its ``__init__`` (a
+    notebook defines its own), else gptlib's."""
+    cls = getattr(GPT.__init__, "__globals__", {}).get("GPTConfig")
+    if not isinstance(cls, type):
+        from gptlib.model import GPTConfig as cls
+    return cls
+
+
 def _without_init(GPT):
     """``GPT`` with reset_parameters switched off: 5.6 checks the modules, 5.7 the numbers."""
     class Probe(GPT):
@@ -431,7 +440,7 @@ def _without_init(GPT):
 
 
 def _assembly(GPT) -> None:
-    from gptlib.model import GPTConfig
+    GPTConfig = _config_class(GPT)
 
     configs = [GPTConfig(vocab_size=50, block_size=12, n_layer=3, n_head=2, n_embd=16),
                GPTConfig(vocab_size=37, block_size=9, n_layer=2, n_head=4, n_embd=24, bias=False,
@@ -513,7 +522,7 @@ def _std_problem(name, got, want, std, L):
 
 
 def _initialisation(GPT) -> None:
-    from gptlib.model import GPTConfig
+    GPTConfig = _config_class(GPT)
 
     L = 8
     cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=L, n_head=4, n_embd=256)
@@ -632,8 +641,9 @@ def _loss_variants(logits, targets):
 
 
 def _forward(GPT) -> None:
-    from gptlib.model import GPTConfig
     from gptlib.sampling import KVCache
+
+    GPTConfig = _config_class(GPT)
 
     for ex_id, part, check in (("5.6", "the model's modules and the tied head", _assembly),
                                ("5.7", "GPT-2's initialisation", _initialisation)):
