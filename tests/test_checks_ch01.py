@@ -355,6 +355,20 @@ class _NoPretokenize(BPETokenizer):
         return list(T._encode_chunk(text, self.byte_ids, self.merges))
 
 
+class _SpecialsAsText(BPETokenizer):
+    def encode(self, text, allowed_special=(), disallowed_special="all"):
+        super().encode(text, allowed_special, disallowed_special)      # keeps the validation
+        return self.encode_ordinary(text)
+
+
+class _SpecialsDropped(BPETokenizer):
+    def encode(self, text, allowed_special=(), disallowed_special="all"):
+        super().encode(text, allowed_special, disallowed_special)
+        specials = sorted(self.special_tokens, key=len, reverse=True)
+        parts = regex.split("|".join(regex.escape(s) for s in specials), text) if specials else [text]
+        return [i for part in parts for i in self.encode_ordinary(part)]   # the special ids go missing
+
+
 class _TrainOneChunk(BPETokenizer):
     def __init__(self, pattern=GPT2_SPLIT_PATTERN):
         super().__init__(pattern)
@@ -479,6 +493,8 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("1.8", _NoSpecialDecode, "special_tokens"),
     ("1.8", _SilentUnknown, "did not raise"),
     ("1.8", _NoPretokenize, "pre-tokenize first"),
+    ("1.8", _SpecialsAsText, "as ordinary text"),
+    ("1.8", _SpecialsDropped, "should give tiktoken's ids"),
     ("1.8", _TrainOneChunk, "across chunk boundaries"),
     ("1.8", _TrainUnweighted, "how many times it occurs"),
     ("1.9", _crossing_in_characters, "offsets are in bytes"),

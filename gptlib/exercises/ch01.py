@@ -587,9 +587,19 @@ def _check_encode(candidate):
         again = list(mine.encode_ordinary(_TRICKY[0]))
         expect(again == ref.encode_ordinary(_TRICKY[0]), f"{name}: encoding the same text twice gave "
                                                          "different ids: check what the cache stores")
-        doc = "a<|endoftext|>b"
-        expect(list(mine.encode(doc, allowed_special="all")) == ref.encode(doc, allowed_special="all"),
-               f"{name}: encode({doc!r}, allowed_special='all') should match tiktoken")
+        docs = ["a<|endoftext|>b", "<|endoftext|><|endoftext|> x <|endoftext|>", "<|endoftext|>"]
+        if name == "cl100k_base":
+            docs.append("def f():<|fim_prefix|> pass<|endoftext|>\n<|fim_suffix|>x")
+        for doc in docs:
+            for allowed in ("all", {_EOT}):
+                want = ref.encode(doc, allowed_special=allowed, disallowed_special=())
+                got = list(mine.encode(doc, allowed_special=allowed, disallowed_special=()))
+                if got != want and got == ref.encode_ordinary(doc):
+                    raise CheckFailed(f"{name}: encode({doc!r}, allowed_special={allowed!r}) encoded "
+                                      "the special tokens as ordinary text: cut the text at the "
+                                      "allowed special tokens and give each its id")
+                expect(got == want, f"{name}: encode({doc!r}, allowed_special={allowed!r}) should give "
+                                    f"tiktoken's ids {want}, got {got}")
 
 
 @exercise("1.8", "Train, encode and decode", builds="gptlib.tokenizer:BPETokenizer", tier="core",
