@@ -188,7 +188,7 @@ _naive_never_stops = _naive(stop=False)
 _naive_ids_from_256 = _naive(ids_from=256)
 _naive_counts_once = _naive(recount=False)
 for _name_, _f in list(globals().items()):
-    if _name_.startswith(("_naive_", "_incremental_")) and callable(_f):
+    if _name_.startswith("_naive_") and callable(_f):
         _f.__name__ = _name_
 
 
