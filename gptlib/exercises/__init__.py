@@ -192,17 +192,18 @@ class PackageCheckFailed(RuntimeError):
     """A component of the installed gptlib fails the check of the exercise that builds it."""
 
 
-def check_package(*chapters: int) -> None:
+def check_package(*chapters: int) -> int:
     """Check the components of the installed gptlib that ``chapters`` build (all, if none given).
 
     A chapter that imports earlier chapters' work from gptlib can start with this: when your own
     exported notebooks are installed, a wrong component is caught here, named with its chapter and
     exercise, instead of surfacing as a wrong number three chapters later.
     """
-    failures = []
+    failures, checked = [], 0
     for spec in registry().values():
         if spec.builds is None or (chapters and spec.chapter not in chapters):
             continue
+        checked += 1
         result = run_check(spec.id, spec.reference())
         if not result.passed:
             failures.append(f"{spec.builds.replace(':', '.')} (Chapter {spec.chapter}, Exercise "
@@ -212,3 +213,6 @@ def check_package(*chapters: int) -> None:
             "your gptlib has components that fail their checks:\n  " + "\n  ".join(failures)
             + "\nFix the exercise in its chapter's notebook and run `make export` again (or "
               "reinstall the course's gptlib to use the reference).")
+    which = ", ".join(map(str, sorted(chapters))) if chapters else "every chapter"
+    print(f"gptlib: the {checked} components built in chapter(s) {which} pass their checks")
+    return checked
