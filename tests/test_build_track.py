@@ -89,3 +89,43 @@ def test_strip_and_refill_keep_a_trailing_newline():
     stripped = student.strip_solutions(source)
     assert stripped == f"def f():\n    {student.PLACEHOLDER}\n"
     assert student.refill_solutions(stripped, student.solution_blocks(source)) == source
+
+
+def test_a_wrong_component_in_a_learners_gptlib_is_named_with_its_chapter_and_exercise(tmp_path):
+    """A learner solves Chapters 1-5 as the reference does, except the block, which they wire
+    without the attention residual, and exports their notebooks. The next chapter's package check
+    (check_package) stops at the block and names Chapter 5 and its exercise."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import nbformat
+
+    from tools import ROOT, export, student
+    wrong = ("        x = self.attn(self.ln_1(x), cache=cache)   # the residual is forgotten\n"
+             "        x = x + self.mlp(self.ln_2(x))\n        return x")
+    lib = tmp_path / "gptlib"
+    shutil.copytree(ROOT / "gptlib", lib, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "notebooks").mkdir()
+    for path in export.chapter_notebooks(ROOT)[:5]:
+        instructor = nbformat.read(path, as_version=4)
+        learner = student.refilled_notebook(student.student_notebook(instructor), instructor)
+        for cell in learner.cells:
+            if cell.cell_type == "code" and "class Block(nn.Module)" in cell.source:
+                right = "\n".join(student.solution_blocks(cell.source)[1][1:-1])
+                assert "x = x + self.attn(self.ln_1(x), cache=cache)" in right
+                cell.source = cell.source.replace(right, wrong, 1)
+        target = tmp_path / "notebooks" / path.name
+        nbformat.write(learner, target)
+        export.export_notebook(target, lib)
+    assert "the residual is forgotten" in (lib / "block.py").read_text()
+    code = "from gptlib.exercises import check_package; check_package(1, 2, 3, 4, 5)"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0
+    message = out.stderr.splitlines()[-1] if out.stderr else ""
+    assert "PackageCheckFailed" in out.stderr, out.stderr[-2000:]
+    assert "gptlib.block.Block (Chapter 5, Exercise 5.4" in out.stderr, out.stderr[-2000:]
+    assert "Chapter 4" not in out.stderr and message
