@@ -47,6 +47,7 @@ def encode_text(text: str, tokenizer) -> torch.Tensor:
 def train_val_split(data: TokenData, val_fraction: float = 0.1) -> Tuple[torch.Tensor, torch.Tensor]:
     """Split a token stream into ``(train, val)``: the first part trains, the last part validates.
 
+    The first ``int(len(data) * (1 - val_fraction))`` tokens train and the rest validate.
     Deterministic (no shuffling), so the same text is held out on every run. Both parts must be
     non-empty; they are views of ``data``, not copies.
     """
@@ -57,6 +58,7 @@ def train_val_split(data: TokenData, val_fraction: float = 0.1) -> Tuple[torch.T
     if n_train == 0 or n_train == len(data):
         raise ValueError(f"{len(data)} tokens are too few to split with val_fraction={val_fraction}")
     return data[:n_train], data[n_train:]
+
 
 # %% ../notebooks/02_embeddings.ipynb #ch02-015
 def _check_stream(data: torch.Tensor, block_size: int) -> None:
@@ -71,10 +73,14 @@ def _check_stream(data: torch.Tensor, block_size: int) -> None:
         raise ValueError(f"block_size={block_size} needs at least block_size + 1 = {block_size + 1} "
                          f"tokens (inputs plus the shifted target), but data has {len(data)}")
 
-
+# %% ../notebooks/02_embeddings.ipynb #ch02-015a
 def _windows(data: torch.Tensor, starts: torch.Tensor, block_size: int,
              device: Optional[Union[str, torch.device]]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Cut the windows ``data[i : i + block_size + 1]`` for each start ``i``; split into (x, y)."""
+    """Cut the windows ``data[i : i + block_size + 1]`` for each start ``i``; split into (x, y).
+
+    ``x`` and ``y`` are ``(len(starts), block_size)`` long tensors, ``y`` the window shifted by
+    one; both are moved to ``device`` unless it is ``None``.
+    """
     window = starts[:, None] + torch.arange(block_size + 1)          # (B, T + 1) positions
     tokens = data[window.to(data.device)].long()
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # y: x shifted by one
@@ -90,8 +96,9 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
 
     Returns ``(x, y)``, both ``(batch_size, block_size)`` long tensors, where ``y`` is ``x``
     shifted by one: ``y[b, t] == data[i_b + t + 1]`` for the window that starts at ``i_b``.
-    Start positions come from ``generator`` (a CPU ``torch.Generator``; the global generator when
-    ``None``), so a seeded generator gives reproducible batches. ``device`` moves the batch.
+    The starts are ``torch.randint(len(data) - block_size, (batch_size,), generator=generator)``
+    (a CPU ``torch.Generator``; the global generator when ``None``), so a seeded generator gives
+    reproducible batches. ``device`` moves the batch.
     """
     positive_int("block_size", block_size)
     positive_int("batch_size", batch_size)
@@ -100,6 +107,7 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
     return _windows(data, starts, block_size, device)
 
 
+# %% ../notebooks/02_embeddings.ipynb #ch02-021a
 def iter_batches(data: torch.Tensor, block_size: int, batch_size: int,
                  max_batches: Optional[int] = None,
                  device: Optional[Union[str, torch.device]] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -119,3 +127,4 @@ def iter_batches(data: torch.Tensor, block_size: int, batch_size: int,
         if max_batches is not None and n >= max_batches:
             return
         yield _windows(data, starts[first:first + batch_size], block_size, device)
+

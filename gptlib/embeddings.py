@@ -37,6 +37,7 @@ def one_hot_embed(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.one_hot(idx.long(), num_classes=V).to(weight.dtype) @ weight
 
 
+# %% ../notebooks/02_embeddings.ipynb #ch02-027d
 class TokenEmbedding(nn.Embedding):
     """The token embedding table: ``(B, T)`` ids -> ``(B, T, n_embd)`` vectors.
 
@@ -74,7 +75,8 @@ class _PositionTable(nn.Module):
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """``x`` is ``(B, T)`` token ids or ``(B, T, C)`` embeddings; returns ``(T, n_embd)``: the
         vectors of positions ``start .. start + T - 1`` (``start`` > 0 when earlier tokens were
-        already processed, as with Chapter 7's KV cache)."""
+        already processed, as with Chapter 7's KV cache). Positions at or beyond ``block_size``
+        raise ``ValueError``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a tensor, got {type(x).__name__}")
         if x.dim() not in (2, 3):
@@ -109,12 +111,14 @@ class PositionalEmbedding(_PositionTable):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
 
+
 # %% ../notebooks/02_embeddings.ipynb #ch02-035
 def sinusoidal_encoding(block_size: int, n_embd: int, base: float = 10000.0) -> torch.Tensor:
     """The ``(block_size, n_embd)`` sinusoidal table of Vaswani et al. (2017).
 
     Column ``2i`` holds ``sin(t / base**(2i / n_embd))`` and column ``2i + 1`` the cosine of the
-    same angle, for positions ``t = 0 .. block_size - 1``. ``n_embd`` must be even.
+    same angle, for positions ``t = 0 .. block_size - 1``. ``n_embd`` must be even. The table is
+    computed in float64 and returned as float32.
     """
     positive_int("block_size", block_size)
     positive_int("n_embd", n_embd)
@@ -131,6 +135,7 @@ def sinusoidal_encoding(block_size: int, n_embd: int, base: float = 10000.0) -> 
     return table.float()
 
 
+# %% ../notebooks/02_embeddings.ipynb #ch02-035d
 class SinusoidalPositionalEncoding(_PositionTable):
     """Fixed sinusoidal positions: the same interface as ``PositionalEmbedding``, no parameters.
 
@@ -144,7 +149,7 @@ class SinusoidalPositionalEncoding(_PositionTable):
         self.n_embd = positive_int("n_embd", n_embd)
         self.register_buffer("weight", sinusoidal_encoding(block_size, n_embd, base), persistent=False)
 
-
+# %% ../notebooks/02_embeddings.ipynb #ch02-035f
 def position_similarity(weight: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """The ``(T, T)`` matrix of dot products between position vectors (cosine similarity by default)."""
     if weight.dim() != 2:
@@ -153,3 +158,4 @@ def position_similarity(weight: torch.Tensor, normalize: bool = True) -> torch.T
     if normalize:
         w = F.normalize(w, dim=-1)
     return w @ w.T
+

@@ -1,15 +1,17 @@
 """Checks for Chapter 2 (embeddings and batches). Hand-written.
 
 Each check probes the learner's function with inputs chosen so that the usual mistakes give
-recognisably different answers, and names the mistake it sees.
+recognisably different answers, and names the mistake it sees. The references are private ones
+written here (torch.randint windows, nn.Embedding-style lookups, the sinusoidal formula), never
+gptlib's own data and embedding functions, which the learner's exported notebook may have written.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
-from gptlib.embeddings import sinusoidal_encoding
 from gptlib.exercises import CheckFailed, exercise, expect
 
 _OVERRUN = ("some windows run past the end of data: a window starting at i needs data[i + block_size] "
@@ -34,7 +36,35 @@ def _batch(get_batch, data, block_size, batch_size, seed):
     return x.long(), y.long()
 
 
-@exercise("2.1", "Random batches with shifted targets")
+# ---------------------------------------------------------------- 2.1
+@exercise("2.1", "A deterministic split", builds="gptlib.data:train_val_split", tier="warm-up",
+          difficulty=1, importance=2)
+def _(train_val_split):
+    for n, fraction in ((100, 0.1), (10, 0.25), (7, 0.3), (1000, 0.5)):
+        data = torch.arange(500, 500 + n)
+        out = train_val_split(data, fraction)
+        expect(isinstance(out, tuple) and len(out) == 2, "return a tuple (train, val)")
+        train, val = out
+        expect(isinstance(train, torch.Tensor) and isinstance(val, torch.Tensor), "return two tensors")
+        n_train = int(n * (1.0 - fraction))
+        expect(len(train) + len(val) == n, f"the parts of a {n}-token stream have {len(train)} + "
+                                           f"{len(val)} tokens: every token goes to exactly one part")
+        if torch.equal(torch.cat([val, train]), data):
+            raise CheckFailed("the validation part comes first: train on the head of the stream and hold "
+                              "out the tail, train = data[:n_train], val = data[n_train:]")
+        expect(torch.equal(torch.cat([train, val]), data),
+               "the parts must be the head and the tail of the stream, in order: no shuffling")
+        expect(len(train) == n_train,
+               f"with {n} tokens and val_fraction={fraction} the training part must hold "
+               f"int({n} * (1 - {fraction})) = {n_train} tokens, got {len(train)}: compute n_train "
+               "with int(len(data) * (1 - val_fraction)), which rounds down")
+        expect(train.untyped_storage().data_ptr() == data.untyped_storage().data_ptr(),
+               "the parts must be views of data (slices), not copies: drop .clone()")
+
+
+# ---------------------------------------------------------------- 2.2
+@exercise("2.2", "Random batches with shifted targets", builds="gptlib.data:get_batch", tier="core",
+          difficulty=2, importance=3)
 def _(get_batch):
     base, T, B = 1000, 8, 16
     data = torch.arange(base, base + 100)          # each id tells where it sits in the stream
@@ -72,6 +102,78 @@ def _(get_batch):
     expect(seen == {0, 1, 2}, f"with len(data) = block_size + 3 the starts 0, 1, 2 are all valid, but 300 "
                               f"draws only gave {sorted(seen)}: torch.randint's upper bound is exclusive, "
                               "use torch.randint(len(data) - block_size, ...)")
+    # The very starts of torch.randint(len(data) - block_size, (batch_size,), generator=generator).
+    for n, T, B in ((100, 8, 16), (40, 5, 7)):
+        data = torch.arange(base, base + n)
+        x, y = _batch(get_batch, data, T, B, seed=11)
+        starts = torch.randint(n - T, (B,), generator=torch.Generator().manual_seed(11))
+        expect(torch.equal(x - base, starts[:, None] + torch.arange(T)),
+               "the windows are right, but not the ones torch.randint(len(data) - block_size, "
+               "(batch_size,), generator=generator) draws: use exactly that call (once, for all the "
+               "starts), so that a seed gives the same batches as everyone else's")
+    x, y = get_batch(data, 5, 3, generator=torch.Generator().manual_seed(0), device="meta")
+    expect(x.device.type == "meta" and y.device.type == "meta",
+           f"get_batch(..., device='meta') returned tensors on {x.device} and {y.device}: move x and y "
+           "to `device` when it is given")
+
+
+# ---------------------------------------------------------------- 2.3
+def _eval_windows(n: int, T: int) -> torch.Tensor:
+    """The starts iter_batches must use: 0, T, 2T, ... while a window's last target exists."""
+    return torch.arange(0, n - T, T)
+
+
+@exercise("2.3", "Evaluation batches", builds="gptlib.data:iter_batches", tier="core",
+          difficulty=2, importance=2)
+def _(iter_batches):
+    base = 2000
+    for n, T, B in ((42, 8, 3), (41, 8, 3), (40, 8, 2), (100, 7, 4)):
+        data = torch.arange(base, base + n)
+        try:
+            batches = list(iter_batches(data, T, B))
+        except NotImplementedError:
+            raise
+        except (IndexError, RuntimeError) as err:
+            raise CheckFailed(f"with len(data) = {n} and block_size = {T} some window runs past the end of data "
+                              f"({type(err).__name__}: {err}): a window starting at i needs data[i + block_size], "
+                              "so take only the starts with i + block_size < len(data)") from None
+        starts = _eval_windows(n, T)
+        expect(all(isinstance(b, tuple) and len(b) == 2 for b in batches), "yield (x, y) tuples")
+        expect(all(x.shape[1:] == (T,) for x, _ in batches),
+               f"each x must be (windows, block_size) = (..., {T})")
+        expect(all(y.shape == x.shape for x, y in batches),
+               f"with len(data) = {n} and block_size = {T} a batch has y of another shape than x: its last "
+               "window runs past the end of data, so take only the starts with i + block_size < len(data)")
+        xs = torch.cat([x for x, _ in batches]) if batches else torch.empty(0, T, dtype=torch.long)
+        ys = torch.cat([y for _, y in batches]) if batches else torch.empty(0, T, dtype=torch.long)
+        got = (xs[:, 0] - base).tolist()
+        if len(got) > 1 and got[1] - got[0] == 1:
+            raise CheckFailed("your windows overlap (they start at 0, 1, 2, ...): evaluation windows start "
+                              "at 0, block_size, 2 * block_size, ..., so every target is scored once")
+        full = len(starts) // B * B
+        if full < len(starts) and got == starts.tolist()[:full]:
+            raise CheckFailed(f"{len(starts)} windows in batches of {B} leave a last batch of "
+                              f"{len(starts) - full}, and you dropped it: yield it too, smaller, so that every "
+                              "window is scored (the windows that are left)")
+        if got == starts.tolist()[:-1]:
+            raise CheckFailed(f"with len(data) = {n} and block_size = {T} the window starting at "
+                              f"{starts[-1].item()} is complete (its last target is data[{starts[-1].item() + T}]) "
+                              "but you left it out: take every start i with i + block_size < len(data), "
+                              "torch.arange(0, len(data) - block_size, block_size)")
+        expect(got == starts.tolist(),
+               f"with len(data) = {n} and block_size = {T} the windows must start at {starts.tolist()}, "
+               f"got {got}: every start i = 0, block_size, 2 * block_size, ... with i + block_size < len(data)")
+        expect(torch.equal(xs - base, starts[:, None] + torch.arange(T)) and torch.equal(ys, xs + 1),
+               "each x must be the window data[i : i + block_size] and y the same window shifted by one")
+        sizes = [len(x) for x, _ in batches]
+        want = [min(B, len(starts) - k) for k in range(0, len(starts), B)]
+        expect(sizes == want, f"{len(starts)} windows in batches of {B} must come as batches of sizes "
+                              f"{want}, got {sizes}: the last batch holds the windows that are left")
+    data = torch.arange(base, base + 100)
+    expect(len(list(iter_batches(data, 4, 3, max_batches=2))) == 2,
+           "max_batches=2 must stop after two batches")
+    x, _ = next(iter(iter_batches(data, 4, 3, device="meta")))
+    expect(x.device.type == "meta", "iter_batches(..., device='meta') must yield batches on the meta device")
 
 
 def _embed(one_hot_embed, idx, weight):
@@ -93,7 +195,9 @@ def _embed(one_hot_embed, idx, weight):
     return out
 
 
-@exercise("2.2", "Embedding by one-hot product")
+# ---------------------------------------------------------------- 2.4
+@exercise("2.4", "Embedding by one-hot product", builds="gptlib.embeddings:one_hot_embed",
+          tier="warm-up", difficulty=1, importance=2)
 def _(one_hot_embed):
     g = torch.Generator().manual_seed(0)
     square = torch.randn(5, 5, generator=g)
@@ -151,14 +255,21 @@ def _variants(T: int, d: int) -> dict[str, torch.Tensor]:
     }
 
 
-@exercise("2.3", "Sinusoidal encoding")
+# ---------------------------------------------------------------- 2.6
+def _sinusoidal_ref(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
+    angle = torch.arange(T, dtype=torch.float64)[:, None] / base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).reshape(T, d)
+
+
+@exercise("2.6", "Sinusoidal encoding", builds="gptlib.embeddings:sinusoidal_encoding", tier="core",
+          difficulty=2, importance=2)
 def _(sinusoidal):
     for T, d in ((16, 8), (7, 6)):
         out = sinusoidal(T, d)
         expect(isinstance(out, torch.Tensor), "return a torch tensor")
         expect(out.shape == (T, d), f"sinusoidal({T}, {d}) must have shape ({T}, {d}), got {tuple(out.shape)}")
         expect(out.is_floating_point(), "the table must be a float tensor")
-        ref = sinusoidal_encoding(T, d).double()
+        ref = _sinusoidal_ref(T, d)
         out = out.double()
         if torch.allclose(out, ref, atol=1e-5):
             continue
@@ -171,3 +282,140 @@ def _(sinusoidal):
         raise CheckFailed(f"values differ from PE(t, 2i) = sin(t / 10000 ** (2i / n_embd)), "
                           f"PE(t, 2i + 1) = cos(...): e.g. PE(1, 0) should be sin(1) = {math.sin(1):.4f}, "
                           f"got {out[1, 0]:.4f}")
+    out = sinusoidal(6, 4, base=100.0)
+    expect(torch.allclose(out.double(), _sinusoidal_ref(6, 4, 100.0), atol=1e-5),
+           "with base=100.0 the angles must be t / 100 ** (2i / n_embd): use the `base` argument, not a "
+           "hard-coded 10000")
+    expect(sinusoidal(5, 4).dtype == torch.float32,
+           f"return a float32 table (compute in float64, then .float()), got {sinusoidal(5, 4).dtype}")
+
+
+# ---------------------------------------------------------------- 2.5
+def _call_positions(pos, x, start, block_size):
+    try:
+        return pos(x) if start == 0 else pos(x, start)
+    except ValueError as err:
+        raise CheckFailed(f"positions {start} .. {start + x.shape[1] - 1} all exist in a table of "
+                          f"block_size={block_size} rows, but you raised ValueError ({err}): a window may "
+                          "end exactly at the last row, so raise only when start + T > block_size") from None
+
+
+def _must_refuse(pos, x, start, block_size):
+    try:
+        pos(x, start)
+    except ValueError:
+        return
+    raise CheckFailed(f"a window of T={x.shape[1]} tokens from start={start} needs positions up to "
+                      f"{start + x.shape[1] - 1}, which a table of block_size={block_size} rows does not "
+                      "have: raise ValueError (with a message that says so) instead of returning fewer rows")
+
+
+@exercise("2.5", "Learned positions", builds="gptlib.embeddings:PositionalEmbedding", tier="core",
+          difficulty=2, importance=3)
+def _(PositionalEmbedding):
+    block_size, C, V = 8, 6, 13
+    pos = PositionalEmbedding(block_size, C)
+    params = dict(pos.named_parameters())
+    expect("weight" in params and tuple(params["weight"].shape) == (block_size, C),
+           f"PositionalEmbedding({block_size}, {C}) must have a trainable parameter named weight of shape "
+           f"({block_size}, {C}), found {({k: tuple(v.shape) for k, v in params.items()})}: wrap the table in "
+           "nn.Parameter and assign it to self.weight")
+    std = PositionalEmbedding(512, 64).weight.std().item()
+    expect(0.015 < std < 0.025, f"a fresh table must be normal with std init_std = 0.02 (GPT-2's), got std "
+                                f"{std:.3f}: fill it with nn.init.normal_(..., std=self.init_std)")
+    expect(PositionalEmbedding(256, 32, init_std=0.5).weight.std().item() > 0.4,
+           "init_std=0.5 gave a table with a much smaller std: use self.init_std, not a constant")
+    with torch.no_grad():
+        pos.weight.copy_(torch.arange(block_size * C, dtype=torch.float32).view(block_size, C))
+    tok_weight = torch.randn(V, C, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(4)
+    for B, T, start in ((2, 5, 0), (3, 3, 4), (1, block_size, 0), (2, 1, block_size - 1)):
+        idx = torch.randint(V, (B, T), generator=g)
+        out = _call_positions(pos, idx, start, block_size)
+        expect(isinstance(out, torch.Tensor), "forward must return a tensor")
+        if tuple(out.shape) == (B, T, C):
+            raise CheckFailed(f"for a (B, T) = {(B, T)} input return the (T, n_embd) = {(T, C)} table, not "
+                              "one copy per sequence: broadcasting adds it to every sequence of the batch")
+        expect(tuple(out.shape) == (T, C), f"for a (B, T) = {(B, T)} input with start={start} return "
+                                           f"(T, n_embd) = {(T, C)}, got {tuple(out.shape)}: T is x.shape[1]")
+        if start and torch.equal(out, pos.weight[:T]):
+            raise CheckFailed(f"with start={start} you returned the rows of positions 0 .. {T - 1}: return "
+                              f"the rows of positions start .. start + T - 1 = {start} .. {start + T - 1}")
+        expect(torch.equal(out, pos.weight[start:start + T]),
+               f"with T={T} and start={start} return rows {start} .. {start + T - 1} of self.weight, the "
+               "vectors of the positions (not of the token ids)")
+        expect(out.requires_grad, "the positions must keep their gradient: return a slice of self.weight "
+                                  "(no .detach(), no .data, no new tensor)")
+        same = _call_positions(pos, torch.zeros(B, T, C), start, block_size)
+        expect(torch.equal(same, out), "a (B, T, C) input (embeddings) must give the same rows as (B, T) ids: "
+                                       "read T from x.shape[1]")
+        h = F.embedding(idx, tok_weight) + out                  # what the GPT adds up
+        expect(torch.equal(h, tok_weight[idx] + pos.weight[start:start + T][None]),
+               "tok(idx) + pos(idx, start) must give token vector + position vector at every position")
+    _must_refuse(pos, torch.zeros(1, block_size + 1, dtype=torch.long), 0, block_size)
+    _must_refuse(pos, torch.zeros(1, 3, dtype=torch.long), block_size - 2, block_size)
+
+
+# ---------------------------------------------------------------- 2.7
+@exercise("2.7", "Similarity between positions", builds="gptlib.embeddings:position_similarity",
+          tier="warm-up", difficulty=1, importance=1)
+def _(position_similarity):
+    g = torch.Generator().manual_seed(5)
+    weight = (torch.randn(6, 4, generator=g, dtype=torch.float64) * torch.arange(1, 7)[:, None]).requires_grad_()
+    rows = [weight[s].detach().float() for s in range(6)]
+    dots = torch.tensor([[float(a @ b) for b in rows] for a in rows])
+    cos = torch.tensor([[float(a @ b / (a.norm() * b.norm())) for b in rows] for a in rows])
+    out = position_similarity(weight)
+    expect(isinstance(out, torch.Tensor), "return a tensor")
+    if tuple(out.shape) == (4, 4):
+        raise CheckFailed("you compared the embedding dimensions (w.T @ w, shape (n_embd, n_embd)); compare "
+                          "the positions: w @ w.T, shape (T, T)")
+    expect(tuple(out.shape) == (6, 6), f"a (6, 4) table must give a (6, 6) matrix, got {tuple(out.shape)}")
+    expect(not out.requires_grad, "return the matrix without gradient: start from weight.detach()")
+    expect(out.dtype == torch.float32, f"return float32 (.float()), got {out.dtype}")
+    if torch.allclose(out, dots, atol=1e-4):
+        raise CheckFailed("normalize=True (the default) must give cosine similarities: scale each position "
+                          "vector to length one first (F.normalize(w, dim=-1))")
+    expect(torch.allclose(out, cos, atol=1e-5),
+           "normalize=True must give the cosine similarity of positions s and t at [s, t]: normalise each "
+           "row (each position, dim=-1), not each column")
+    raw = position_similarity(weight, normalize=False)
+    expect(torch.allclose(raw, dots, atol=1e-4), "normalize=False must give the plain dot products w @ w.T")
+
+
+# ---------------------------------------------------------------- 2.8 (stretch)
+def _prefix_pool_ref(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(values.shape, dtype=torch.float64)
+    for t in range(scores.shape[1]):
+        w = torch.softmax(scores[:, : t + 1].double(), dim=-1)
+        out[:, t] = (w[..., None] * values[:, : t + 1].double()).sum(dim=1)
+    return out
+
+
+@exercise("2.8", "A causal model without positions", tier="stretch", difficulty=2, importance=2)
+def _(prefix_pool):
+    g = torch.Generator().manual_seed(8)
+    for B, T, C in ((2, 5, 3), (1, 1, 4), (3, 7, 2)):
+        scores, values = 3 * torch.randn(B, T, generator=g), torch.randn(B, T, C, generator=g)
+        out = prefix_pool(scores.clone(), values.clone())
+        expect(isinstance(out, torch.Tensor) and tuple(out.shape) == (B, T, C),
+               f"for (B, T) scores and (B, T, C) values = {(B, T)}, {(B, T, C)} return (B, T, C) = {(B, T, C)}, "
+               f"got {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        want = _prefix_pool_ref(scores, values)
+        out = out.double()
+        if torch.allclose(out, want, atol=1e-5):
+            continue
+        expect(not out.isnan().any(), "your output has NaN: row t pools tokens 0 .. t, the token t itself "
+                                      "included, so no row is empty")
+        full = (torch.softmax(scores.double(), -1)[..., None] * values.double()).sum(1, keepdim=True)
+        if T > 1 and torch.allclose(out, full.expand_as(out), atol=1e-5):
+            raise CheckFailed("every position pools the whole window: row t must pool only tokens 0 .. t "
+                              "(mask the keys j > t before the softmax)")
+        if torch.allclose(out[:, -1], want[:, -1], atol=1e-5):
+            raise CheckFailed("the last row is right but earlier rows are not: the weights of row t must be a "
+                              "softmax over the prefix 0 .. t only, so they sum to one over the prefix")
+        if not torch.allclose(out[:, 0], values[:, 0].double(), atol=1e-5):
+            raise CheckFailed("row 0 must be values[:, 0] (token 0 pools only itself, with weight 1): did you "
+                              "leave out token t itself, or shift the rows?")
+        raise CheckFailed("row t must be the sum over j <= t of softmax(scores[:, 0..t])[j] * values[:, j]: "
+                          "did you forget the softmax, or average the values with equal weights?")
