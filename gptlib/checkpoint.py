@@ -31,17 +31,26 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, not a gptlib checkpoint, or for another model."""
 
 
-def _rng_state(generator: torch.Generator | None = None) -> dict:
-    """Every random-number state a training run draws from, as tensors and plain values:
-    Python's ``random``, NumPy's global generator, torch's CPU (and CUDA) generator and the
-    batch ``generator``."""
+def _numpy_state() -> dict:
+    """NumPy's global generator state as tensors and plain values (a file read with
+    ``torch.load(weights_only=True)`` may hold no NumPy arrays)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_state(state: dict) -> None:
+    """Restore what :func:`_numpy_state` captured."""
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
+
+
+def _rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every random-number state a training run draws from, as a dict: ``"python"`` (the
+    ``random`` module's), ``"numpy"`` (:func:`_numpy_state`), ``"torch"`` (torch's CPU
+    generator), ``"cuda"`` (every CUDA device's, only when CUDA is available) and
+    ``"generator"`` (the batch ``generator``'s, only when one is given)."""
+    state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if generator is not None:
@@ -50,19 +59,20 @@ def _rng_state(generator: torch.Generator | None = None) -> dict:
 
 
 def _set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
-    """Restore what :func:`_rng_state` captured (the batch generator too, when given)."""
+    """Restore every state that :func:`_rng_state` captured in ``state``: Python's, NumPy's
+    (:func:`_set_numpy_state`), torch's CPU generator, the CUDA generators (when saved and CUDA
+    is available) and, when ``generator`` is given, the batch generator."""
+    if generator is not None and "generator" not in state:
+        raise CheckpointError("the checkpoint holds no batch-generator state to restore")
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    npy = state["numpy"]
-    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
-                         npy["has_gauss"], npy["cached_gaussian"]))
+    _set_numpy_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if generator is not None:
-        if "generator" not in state:
-            raise CheckpointError("the checkpoint holds no batch-generator state to restore")
         generator.set_state(state["generator"])
+
 
 # %% ../notebooks/06_training.ipynb #ch06-027
 _FORMAT = "gptlib-checkpoint"
@@ -100,25 +110,28 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                     history: Any = None, extra: dict | None = None) -> Path:
     """Save everything needed to continue a run at optimizer step ``step``.
 
-    The file holds the model weights, the optimizer state (AdamW's moments and step counts),
-    the step (which fixes the learning-rate schedule's position), every RNG state, the model's
-    config (a GPT's :class:`GPTConfig`; None for a model without one), the training config (a
-    dataclass or dict), the history so far (anything with ``to_dict()``) and ``extra`` (JSON-like
-    values). Only tensors and plain Python values are stored, so :func:`load_checkpoint` can read
-    it with ``torch.load(weights_only=True)``. Written atomically.
+    The file holds a dict: beside its ``format``, ``version`` and ``torch_version`` marks,
+    ``"step"`` (an int: it fixes the learning-rate schedule's position), ``"model_config"``
+    (:func:`_model_config`: a GPT's :class:`GPTConfig` as a dict; None for a model without one),
+    ``"train_config"`` (a dict, or None), ``"model"`` (the state dict, every tensor detached and
+    on the CPU), ``"optimizer"`` (its state dict: AdamW's moments and step counts; None without
+    an optimizer), ``"rng"`` (:func:`_rng_state` with the batch ``generator``), ``"history"``
+    (``history.to_dict()``, or None) and ``"extra"`` (JSON-like values, ``{}`` by default).
+    Only tensors and plain Python values are stored, so :func:`load_checkpoint` can read it with
+    ``torch.load(weights_only=True)``. Written atomically.
     """
     model = unwrap(model)
     if is_dataclass(train_config):
         train_config = asdict(train_config)
-    payload = {
-        "format": _FORMAT, "version": _VERSION, "step": int(step),
-        "model_config": _model_config(model), "train_config": train_config,
+    payload = {"format": _FORMAT, "version": _VERSION, "torch_version": str(torch.__version__)}
+    payload.update({
+        "step": int(step), "model_config": _model_config(model), "train_config": train_config,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "rng": _rng_state(generator),
         "history": history.to_dict() if history is not None else None,
-        "extra": extra or {}, "torch_version": str(torch.__version__),
-    }
+        "extra": extra or {},
+    })
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 

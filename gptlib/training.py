@@ -465,9 +465,10 @@ def draw_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: 
                dist_info: DistInfo = DistInfo(), device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """This process's share of one global batch.
 
-    Every process draws the same ``batch_size * world_size`` windows (same generator, same
-    seed) and keeps its own slice, so N processes together see exactly the batch a single
-    process would see with ``batch_size * N`` rows.
+    Every process draws the same ``batch_size * world_size`` windows with ``get_batch`` (same
+    generator, same seed) and keeps its own slice of rows, rank ``r`` the rows ``r * batch_size``
+    to ``(r + 1) * batch_size``, so N processes together see exactly the batch a single process
+    would see with ``batch_size * N`` rows. Returns ``(x, y)``, each ``(batch_size, block_size)``.
     """
     x, y = get_batch(data, block_size, batch_size * dist_info.world_size, generator=generator)
     rows = slice(dist_info.rank * batch_size, (dist_info.rank + 1) * batch_size)

@@ -1,15 +1,17 @@
 """Chapter 6 checks: the references pass, the usual mistakes fail with the matching hint."""
-import contextlib
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from gptlib.checkpoint import _rng_state, _set_numpy_state, _set_rng_state, save_checkpoint
 from gptlib.data import get_batch, iter_batches
 from gptlib.exercises import run_check
-from gptlib.training import (bits_per_char, evaluate, evaluate_full, lr_at, param_groups,
-                             train_step)
+from gptlib.training import (DistInfo, bits_per_char, draw_batch, evaluate, evaluate_full, lr_at,
+                             param_groups, train_step)
 
 
 # ---- 6.1 bits per character ----------------------------------------------------------------
@@ -242,10 +244,109 @@ def evaluate_full_that_leaves_eval_mode_on(model, data, block_size, batch_size=3
     return result
 
 
+# ---- 6.7 / 6.8 random states ---------------------------------------------------------------
+
+def capture_without_numpy(generator=None):
+    state = _rng_state(generator)
+    del state["numpy"]
+    return state
+
+
+def capture_with_numpys_own_tuple(generator=None):
+    return {**_rng_state(generator), "numpy": np.random.get_state()}
+
+
+def capture_without_the_batch_generator(generator=None):
+    return _rng_state(None)
+
+
+def capture_a_fresh_torch_state(generator=None):
+    return {**_rng_state(generator), "torch": torch.Generator().get_state()}
+
+
+def _restore_but(skip):
+    def restore(state, generator=None):
+        if "python" not in skip:
+            random.setstate(state["python"])
+        if "numpy" not in skip:
+            _set_numpy_state(state["numpy"])
+        if "torch" not in skip:
+            torch.set_rng_state(state["torch"])
+        if generator is not None and "generator" not in skip:
+            generator.set_state(state["generator"])
+    return restore
+
+
+restore_without_torch = _restore_but({"torch"})
+restore_without_the_batch_generator = _restore_but({"generator"})
+restore_without_python = _restore_but({"python"})
+
+
+# ---- 6.9 save_checkpoint -------------------------------------------------------------------
+
+def _save_but(**changes):
+    def save(path, model, optimizer=None, step=0, train_config=None, generator=None, history=None, extra=None):
+        payload = {"format": "gptlib-checkpoint", "version": 1, "step": step, "model_config": None,
+                   "train_config": train_config, "model": model.state_dict(),
+                   "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                   "rng": _rng_state(generator), "history": history.to_dict() if history else None,
+                   "extra": extra or {}}
+        for key, value in changes.items():
+            payload[key] = value(payload, locals()) if callable(value) else value
+        torch.save(payload, path)
+        return path
+    return save
+
+
+save_without_the_optimizer = _save_but(optimizer=None)
+save_without_the_batch_generator = _save_but(rng=lambda payload, args: _rng_state(None))
+save_the_next_step = _save_but(step=lambda payload, args: payload["step"] + 1)
+save_without_the_history = _save_but(history=None)
+
+
+# ---- 6.10 draw_batch ----------------------------------------------------------------------
+
+def draw_only_my_own_rows(data, block_size, batch_size, generator, dist_info=DistInfo(), device=None):
+    return get_batch(data, block_size, batch_size, generator=generator)
+
+
+def draw_every_world_size_th_row(data, block_size, batch_size, generator, dist_info=DistInfo(), device=None):
+    x, y = get_batch(data, block_size, batch_size * dist_info.world_size, generator=generator)
+    return x[dist_info.rank::dist_info.world_size], y[dist_info.rank::dist_info.world_size]
+
+
+def draw_the_same_first_rows_everywhere(data, block_size, batch_size, generator, dist_info=DistInfo(), device=None):
+    x, y = get_batch(data, block_size, batch_size * dist_info.world_size, generator=generator)
+    return x[:batch_size], y[:batch_size]
+
+
+# ---- 6.11 stretch: the settings ------------------------------------------------------------
+
+def budget_reference():
+    return {"lr": 3e-2, "warmup_steps": 5}
+
+
+def budget_rate_too_low():
+    return {"lr": 1e-3, "warmup_steps": 5}
+
+
+def budget_high_rate_without_warmup():
+    return {"lr": 3e-2, "warmup_steps": 0}
+
+
+def budget_rate_far_too_high():
+    return {"lr": 1.0, "warmup_steps": 5}
+
+
+def budget_warmup_past_the_budget():
+    return {"lr": 3e-2, "warmup_steps": 50}
+
+
 # ---- the table -----------------------------------------------------------------------------
 
 PASSING = [("6.1", bits_per_char), ("6.2", param_groups), ("6.3", lr_at), ("6.4", train_step),
-           ("6.5", evaluate), ("6.6", evaluate_full)]
+           ("6.5", evaluate), ("6.6", evaluate_full), ("6.7", _rng_state), ("6.8", _set_rng_state),
+           ("6.9", save_checkpoint), ("6.10", draw_batch), ("6.11", budget_reference)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.1", bpc_times_ln2, "multiplied by ln 2"),
@@ -281,6 +382,24 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.6", evaluate_full_counting_windows, "number of windows"),
     ("6.6", evaluate_full_in_train_mode, "model.eval()"),
     ("6.6", evaluate_full_that_leaves_eval_mode_on, "model.train(was_training)"),
+    ("6.7", capture_without_numpy, "'numpy' entry"),
+    ("6.7", capture_with_numpys_own_tuple, "weights_only=True"),
+    ("6.7", capture_without_the_batch_generator, "'generator' entry"),
+    ("6.7", capture_a_fresh_torch_state, "torch's CPU generator"),
+    ("6.8", restore_without_torch, "restore state['torch']"),
+    ("6.8", restore_without_the_batch_generator, "restore state['generator']"),
+    ("6.8", restore_without_python, "restore state['python']"),
+    ("6.9", save_without_the_optimizer, "AdamW's moments"),
+    ("6.9", save_without_the_batch_generator, "batch generator's state"),
+    ("6.9", save_the_next_step, "'step' is"),
+    ("6.9", save_without_the_history, "history.to_dict()"),
+    ("6.10", draw_only_my_own_rows, "one global batch"),
+    ("6.10", draw_every_world_size_th_row, "rows r * batch_size"),
+    ("6.10", draw_the_same_first_rows_everywhere, "the same windows"),
+    ("6.11", budget_rate_too_low, "above the target"),
+    ("6.11", budget_high_rate_without_warmup, "above the target"),
+    ("6.11", budget_rate_far_too_high, "too high"),
+    ("6.11", budget_warmup_past_the_budget, "from 0 to 40"),
 ]
 
 
@@ -302,8 +421,9 @@ def test_unsolved_exercise_is_not_done():
         assert run_check(ex, todo).status == "not done"
 
 
-def test_checks_leave_the_global_random_state_alone():
-    state = torch.get_rng_state()
+def test_checks_leave_the_global_random_states_alone():
+    state = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
     for ex, candidate in PASSING:
         run_check(ex, candidate)
-    assert torch.equal(state, torch.get_rng_state())
+    assert torch.equal(state[0], torch.get_rng_state()) and state[1] == random.getstate()
+    assert (state[2] == np.random.get_state()[1]).all()

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import math
+import random
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -430,3 +433,301 @@ def _(candidate):
             raise CheckFailed(f"that is the mean of the batch means: the smaller last batch weighs as much as a "
                               f"full one {where}; weigh each batch's mean loss by its number of targets")
         raise CheckFailed(f"the mean loss over every target should be {total / tokens:.6f}, got {mean:.6f} {where}")
+
+
+# ---- 6.7 / 6.8 / 6.9 checkpoints -------------------------------------------------------------
+
+def _capture_ref(generator=None) -> dict:
+    """The documented format of ``_rng_state``, written out privately."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def _restore_ref(state: dict, generator=None) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None:
+        generator.set_state(state["generator"])
+
+
+_SOURCES = {"python": "Python's random module", "numpy": "NumPy's global generator",
+            "torch": "torch's CPU generator (dropout, torch.rand)", "generator": "the batch generator"}
+
+
+def _draws(generator) -> dict:
+    out = {"python": random.random(), "numpy": float(np.random.rand()), "torch": torch.rand(1).item()}
+    if generator is not None:
+        out["generator"] = torch.rand(1, generator=generator).item()
+    return out
+
+
+def _expect_same_draws(first: dict, second: dict, message: str) -> None:
+    for key in first:
+        expect(first[key] == second[key],
+               message.format(source=_SOURCES[key], got=second[key], want=first[key], key=key))
+
+
+def _weights_only_roundtrip(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def _keeps_every_rng(check):
+    """:func:`_own_rng`, and Python's and NumPy's global generators left as the learner had them."""
+    @functools.wraps(check)
+    def run(candidate):
+        saved = (random.getstate(), np.random.get_state())
+        try:
+            return _own_rng(check)(candidate)
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+    return run
+
+
+@exercise("6.7", "Capture every random state", builds="gptlib.checkpoint:_rng_state",
+          tier="core", difficulty=2, importance=2)
+@_keeps_every_rng
+def _(candidate):
+    for generator in (torch.Generator().manual_seed(3), None):
+        state = candidate(generator)
+        expect(isinstance(state, dict), f"return a dict, got {type(state).__name__}")
+        for key in ("python", "numpy", "torch"):
+            expect(key in state, f"the state has no {key!r} entry: {_SOURCES[key]} is not captured")
+        if generator is not None:
+            expect("generator" in state, "called with a batch generator, the state has no 'generator' "
+                                         "entry: a resumed run would draw other batches")
+        else:
+            expect("generator" not in state, "called without a generator, the state has a 'generator' entry")
+        try:
+            loaded = _weights_only_roundtrip(state)
+        except Exception as err:
+            raise CheckFailed("torch.load(weights_only=True) cannot read your state back "
+                              f"({type(err).__name__}): store tensors and plain values only, e.g. "
+                              "NumPy's through _numpy_state()") from None
+        first = _draws(generator)
+        _restore_ref(loaded, generator)
+        _expect_same_draws(first, _draws(generator), "after restoring your state, {source} draws {got:.6f} "
+                           "instead of {want:.6f}: the {key!r} entry is not its current state")
+
+
+@exercise("6.8", "Restore every random state", builds="gptlib.checkpoint:_set_rng_state",
+          tier="core", difficulty=2, importance=2)
+@_keeps_every_rng
+def _(candidate):
+    for generator in (torch.Generator().manual_seed(5), None):
+        state = _weights_only_roundtrip(_capture_ref(generator))
+        first = _draws(generator)
+        _draws(generator)   # move every source on
+        candidate(state, generator)
+        _expect_same_draws(first, _draws(generator), "after your restore, {source} does not continue where "
+                           "it was captured (draws {got:.6f}, expected {want:.6f}): restore state[{key!r}]")
+
+
+class _Noisy(nn.Module):
+    """A small model whose forward pass draws dropout masks from torch's global generator."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.inp, self.out = nn.Linear(5, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(F.dropout(torch.tanh(self.inp(x)), 0.3, training=True))
+
+
+class _Hist:
+    def __init__(self, losses):
+        self.losses = list(losses)
+
+    def to_dict(self):
+        return {"losses": self.losses}
+
+
+def _noisy_steps(model, optimizer, generator, steps, data):
+    x_all, y_all = data
+    losses = []
+    for step in steps:
+        for group in optimizer.param_groups:
+            group["lr"] = 0.05 / (1 + step)
+        rows = torch.randint(0, len(x_all), (8,), generator=generator)
+        loss = F.cross_entropy(model(x_all[rows]), y_all[rows])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+@exercise("6.9", "What a checkpoint holds", builds="gptlib.checkpoint:save_checkpoint",
+          tier="core", difficulty=2, importance=3)
+@_keeps_every_rng
+def _(candidate):
+    import tempfile
+    from pathlib import Path
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(64, 5, generator=g), torch.randint(0, 3, (64,), generator=g))
+    for split in (2, 4):
+        torch.manual_seed(11)
+        whole = _Noisy(0)
+        opt = torch.optim.AdamW(whole.parameters(), lr=0.05)
+        losses = _noisy_steps(whole, opt, torch.Generator().manual_seed(1), range(7), data)
+
+        torch.manual_seed(11)
+        first = _Noisy(0)
+        opt1, gen1 = torch.optim.AdamW(first.parameters(), lr=0.05), torch.Generator().manual_seed(1)
+        before = _noisy_steps(first, opt1, gen1, range(split), data)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "ckpt.pt"
+            candidate(path, first, opt1, split, {"lr": 0.05}, gen1, _Hist(before), {"note": "check"})
+            expect(path.is_file(), "save_checkpoint wrote no file at the path it was given")
+            payload = torch.load(path, weights_only=True)
+        where = f"(a run saved after step {split} of 7)"
+        for key in ("step", "model", "optimizer", "rng", "history", "train_config", "extra", "model_config"):
+            expect(key in payload, f"the checkpoint has no {key!r} entry {where}")
+        expect(payload["step"] == split, f"'step' is {payload['step']!r}, expected {split}: the step the "
+                                         f"run continues at {where}")
+        state = first.state_dict()
+        expect(isinstance(payload["model"], dict) and set(payload["model"]) == set(state)
+               and all(torch.equal(payload["model"][k], state[k]) for k in state),
+               f"'model' must be the model's state_dict, every tensor as it is at the save {where}")
+        expect(isinstance(payload["optimizer"], dict) and payload["optimizer"].get("state"),
+               f"'optimizer' must be optimizer.state_dict(): without AdamW's moments a resumed run "
+               f"restarts them from zero and takes different steps {where}")
+        expect(isinstance(payload["rng"], dict) and "generator" in payload["rng"],
+               f"'rng' must be _rng_state(generator), the batch generator's state included {where}")
+        expect(payload["history"] == {"losses": before} and payload["train_config"] == {"lr": 0.05}
+               and payload["extra"] == {"note": "check"},
+               f"'history' must be history.to_dict(), 'train_config' the config as given and 'extra' "
+               f"the extra dict {where}")
+        expect(payload["model_config"] is None, "'model_config' must be _model_config(model): None for a "
+                                                "model without a config")
+        torch.manual_seed(123)              # a fresh process: every random state elsewhere
+        resumed = _Noisy(1)
+        opt2, gen2 = torch.optim.AdamW(resumed.parameters(), lr=0.05), torch.Generator().manual_seed(99)
+        resumed.load_state_dict(payload["model"])
+        opt2.load_state_dict(payload["optimizer"])
+        _restore_ref(payload["rng"], gen2)
+        after = _noisy_steps(resumed, opt2, gen2, range(split, 7), data)
+        expect(before + after == losses,
+               f"the run resumed from your checkpoint gives the losses {[round(v, 4) for v in after]}, the "
+               f"uninterrupted run {[round(v, 4) for v in losses[split:]]} {where}")
+        expect(all(torch.equal(p, q) for p, q in zip(resumed.parameters(), whole.parameters())),
+               f"the resumed run ends with other weights than the uninterrupted one {where}")
+
+
+# ---- 6.10 one global batch, sliced -----------------------------------------------------------
+
+@exercise("6.10", "Each process's slice of one global batch", builds="gptlib.training:draw_batch",
+          tier="core", difficulty=2, importance=1)
+@_own_rng
+def _(candidate):
+    from gptlib.training import DistInfo   # where a process sits: a plain dataclass
+    data = torch.arange(500)
+    for world, batch, block in ((1, 4, 8), (2, 3, 8), (3, 2, 5)):
+        full = get_batch(data, block, batch * world, generator=torch.Generator().manual_seed(world))
+        after = torch.Generator().manual_seed(world)
+        get_batch(data, block, batch * world, generator=after)
+        parts = []
+        for rank in range(world):
+            g = torch.Generator().manual_seed(world)
+            x, y = candidate(data, block, batch, g, DistInfo(rank=rank, world_size=world))
+            where = f"(world_size={world}, rank={rank}, batch_size={batch})"
+            expect(tuple(x.shape) == (batch, block) and tuple(y.shape) == (batch, block),
+                   f"x and y must be (batch_size, block_size) = ({batch}, {block}), got {tuple(x.shape)} {where}")
+            expect(torch.equal(g.get_state(), after.get_state()),
+                   f"the generator did not draw one global batch of batch_size * world_size = {batch * world} "
+                   f"windows {where}: every process must draw the same windows, or they fall out of step")
+            expect(torch.equal(y, x + 1), f"y must be x shifted by one token {where}")
+            parts.append(x)
+        got = torch.cat(parts)
+        if world > 1 and torch.equal(parts[0], parts[1]):
+            raise CheckFailed(f"ranks 0 and 1 got the same windows (world_size={world}): each process keeps "
+                              "its own slice of the global batch")
+        expect(torch.equal(got, full[0]),
+               f"with world_size={world}, the ranks' slices put together in rank order are not the global "
+               f"batch of {batch * world} windows: rank r keeps rows r * batch_size to (r + 1) * batch_size")
+
+
+# ---- 6.11 stretch: a loss target within a step budget ----------------------------------------
+
+BUDGET_STEPS, BUDGET_TARGET = 40, 0.88
+
+
+def _budget_stream(n: int, vocab: int = 16, seed: int = 0) -> torch.Tensor:
+    """A token stream where each token has two equally likely successors: ln 2 = 0.693 nats is
+    the best loss any model can reach."""
+    g = torch.Generator().manual_seed(seed)
+    successors = torch.randint(0, vocab, (vocab, 2), generator=g)
+    choice = torch.randint(0, 2, (n,), generator=g).tolist()
+    out = [0]
+    for c in choice[:-1]:
+        out.append(int(successors[out[-1], c]))
+    return torch.tensor(out)
+
+
+def loss_after_budget(lr: float, warmup_steps: int, seed: int = 0) -> float:
+    """Validation loss of a 1-layer GPT after ``BUDGET_STEPS`` AdamW steps on a two-successor
+    token stream, with peak rate ``lr``, ``warmup_steps`` of linear warmup, then a cosine down to
+    ``lr / 10``, clipping at 1.0. ``seed`` sets the initial weights. About half a second on a CPU."""
+    from gptlib.model import GPT, GPTConfig
+    if not lr > 0 or not 0 <= warmup_steps <= BUDGET_STEPS:
+        raise ValueError(f"need lr > 0 and 0 <= warmup_steps <= {BUDGET_STEPS}, got {lr} and {warmup_steps}")
+    data = _budget_stream(6000)
+    train, val = data[:5000], data[5000:]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(vocab_size=16, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(1)
+    for step in range(BUDGET_STEPS):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_ref(step, lr, lr / 10, warmup_steps, BUDGET_STEPS)
+        x, y = get_batch(train, 16, 16, generator=g)
+        model(x, y)[1].backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        n = (len(val) - 1) // 16 * 16
+        return model(val[:n].view(-1, 16), val[1:n + 1].view(-1, 16))[1].item()
+
+
+@exercise("6.11", f"Reach {BUDGET_TARGET} nats in {BUDGET_STEPS} steps", tier="stretch", difficulty=2, importance=2)
+@_own_rng
+def _(candidate):
+    settings = candidate()
+    expect(isinstance(settings, dict) and set(settings) == {"lr", "warmup_steps"},
+           "return a dict with the keys 'lr' and 'warmup_steps'")
+    lr, warmup = settings["lr"], settings["warmup_steps"]
+    expect(isinstance(lr, (int, float)) and lr > 0 and isinstance(warmup, int) and 0 <= warmup <= BUDGET_STEPS,
+           f"lr must be a number > 0 and warmup_steps an int from 0 to {BUDGET_STEPS}, got {lr!r} and {warmup!r}")
+    for seed in (0, 1):
+        loss = loss_after_budget(lr, warmup, seed)
+        if loss <= BUDGET_TARGET:
+            continue
+        if not math.isfinite(loss) or loss > math.log(16):
+            raise CheckFailed(f"with lr={lr:g} and warmup_steps={warmup} the loss ends at {loss:.3f}, above the "
+                              f"{math.log(16):.3f} of a model that knows nothing (seed {seed}): the rate is too high "
+                              "for these first steps")
+        raise CheckFailed(f"with lr={lr:g} and warmup_steps={warmup} the validation loss after {BUDGET_STEPS} "
+                          f"steps is {loss:.3f} (seed {seed}), above the target {BUDGET_TARGET}: measure a few "
+                          "rates a factor of 3 apart with loss_after_budget, then the warmup at the best one")
