@@ -3,11 +3,13 @@
 """Attention masks: the causal mask, masking scores with ``-inf`` before the softmax (with a
 NaN-free rule for a query that may attend to nothing), and the padding masks for batches of
 sequences of different lengths (``padding_mask``, ``causal_padding_mask``), which fine-tuning
-and batched generation use; and ``leaks_future``, a test that any sequence model is causal.
+and batched generation use; and ``future_influence`` / ``leaks_future``, a test that any sequence model
+is causal.
 Built in Chapter 3 (notebooks/03_causal_mask.ipynb)."""
 
 # %% auto #0
-__all__ = ['causal_mask', 'apply_mask', 'masked_softmax', 'leaks_future', 'padding_mask', 'causal_padding_mask']
+__all__ = ['causal_mask', 'apply_mask', 'masked_softmax', 'future_influence', 'leaks_future', 'padding_mask',
+           'causal_padding_mask']
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-007
 from typing import Optional, Sequence, Union
@@ -81,23 +83,34 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-030
 @torch.no_grad()
-def leaks_future(model, x: torch.Tensor, atol: float = 1e-6) -> bool:
-    """``True`` if ``model``'s output at some position ``t`` changes when a token after ``t`` changes.
+def future_influence(model, x: torch.Tensor) -> torch.Tensor:
+    """The ``(T, T)`` influence matrix of ``model`` on the batch ``x``: entry ``[t, s]`` is the largest
+    absolute change of the output at position ``t`` when the token at position ``s`` changes.
 
-    ``model`` maps ``(B, T)`` token ids to outputs of shape ``(B, T, ...)``; ``x`` is a ``(B, T)``
-    batch of ids. Each position ``t = 1 .. T-1`` in turn gets a different token (in
-    ``range(int(x.max()) + 1)``, or 0/1 when ``x`` holds a single id), and the outputs at the
-    positions before ``t`` are compared with the unchanged run, within ``atol``. ``False`` means
-    no change was seen: the model is causal on this batch.
+    ``model`` maps ``(B, T)`` token ids to outputs of shape ``(B, T, ...)``. Each position ``s`` in
+    turn gets a different id, ``(x + 1) % vocab`` with ``vocab = int(x.max()) + 1`` (or 2 when
+    ``x`` holds a single id), in every sequence; the change is the largest over the batch and the
+    output features. A causal model's matrix is zero above the diagonal.
     """
-    vocab = int(x.max()) + 1
+    vocab = max(int(x.max()) + 1, 2)
     reference = model(x)
-    for t in range(1, x.shape[1]):
+    T = x.shape[1]
+    influence = torch.zeros(T, T)
+    for s in range(T):
         changed = x.clone()
-        changed[:, t] = (x[:, t] + 1) % max(vocab, 2)
-        if not torch.allclose(model(changed)[:, :t], reference[:, :t], atol=atol):
-            return True
-    return False
+        changed[:, s] = (x[:, s] + 1) % vocab               # a different id at s, in every sequence
+        moved = (model(changed) - reference).abs()          # (B, T, ...)
+        moved = moved.transpose(0, 1).reshape(T, -1)        # (T, B * ...): one row per output position
+        influence[:, s] = moved.amax(dim=1).float().cpu()
+    return influence
+
+
+# %% ../notebooks/03_causal_mask.ipynb #ch03-030e
+def leaks_future(model, x: torch.Tensor, atol: float = 1e-5) -> bool:
+    """``True`` if ``model``'s output at some position ``t`` moves by more than ``atol`` when a token
+    after ``t`` changes (an entry above the diagonal of :func:`future_influence`); ``False`` means no
+    leak was seen: the model is causal on this batch."""
+    return bool((future_influence(model, x).triu(diagonal=1) > atol).any())
 
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-036

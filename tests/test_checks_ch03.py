@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from gptlib.exercises import run_check
-from gptlib.masking import (apply_mask, causal_mask, causal_padding_mask, leaks_future, masked_softmax,
-                            padding_mask)
+from gptlib.masking import (apply_mask, causal_mask, causal_padding_mask, future_influence, leaks_future,
+                            masked_softmax, padding_mask)
 
 
 # ---------------------------------------------------------------- 3.1 the causal mask
@@ -79,7 +79,7 @@ def _scaled(scores, mask):
     return masked_softmax(scores / 2, mask)
 
 
-# ---------------------------------------------------------------- 3.4 leak detector
+# ---------------------------------------------------------------- 3.5 leak detector
 @torch.no_grad()
 def _detector(compare_upto, positions=None, perturb=lambda x, t: (x[:, t] + 1) % (int(x.max()) + 1)):
     """A leak detector that changes x[:, t] for t in `positions` and compares outputs [:t + compare_upto]."""
@@ -105,10 +105,29 @@ def _one_step(model, x):   # only asks: does the output at t depend on x[t + 1]?
     return False
 
 
-# ---------------------------------------------------------------- 3.5 padding_mask
+@torch.no_grad()
+def _influence(perturb=lambda x, s: (x[:, s] + 1) % (int(x.max()) + 1), transpose=False, upper_only=False):
+    """A future_influence with one knob per mistake."""
+    def future_influence(model, x):
+        ref, T = model(x), x.shape[1]
+        out = torch.zeros(T, T)
+        for s in range(T):
+            changed = x.clone()
+            changed[:, s] = perturb(x, s)
+            diff = (model(changed) - ref).abs()
+            out[:, s] = diff.transpose(0, 1).reshape(T, -1).amax(1)
+        if upper_only:
+            out = out.triu(1)
+        return out.T if transpose else out
+    return future_influence
+
+
+# ---------------------------------------------------------------- 3.6 padding_mask
 def _pad(right=lambda pos, L, T: pos[None, :] < L[:, None],
          left=lambda pos, L, T: pos[None, :] >= (T - L)[:, None], dtype=None):
-    def candidate(lengths, T=None, *, attention_mask=None, side="right", device=None):
+    def candidate(lengths=None, T=None, *, attention_mask=None, side="right", device=None):
+        if attention_mask is not None:
+            return attention_mask.to(device=device or attention_mask.device, dtype=torch.bool)
         L = torch.as_tensor(lengths)
         pos = torch.arange(T)
         out = (right if side == "right" else left)(pos, L, T)
@@ -118,7 +137,9 @@ def _pad(right=lambda pos, L, T: pos[None, :] < L[:, None],
 
 def _pad_loop(guard_zero=True):
     """A Python loop over the batch; without `guard_zero`, left padding slices out[b, -n:] with n = 0."""
-    def candidate(lengths, T=None, *, attention_mask=None, side="right", device=None):
+    def candidate(lengths=None, T=None, *, attention_mask=None, side="right", device=None):
+        if attention_mask is not None:
+            return attention_mask.to(device=device or attention_mask.device, dtype=torch.bool)
         out = torch.zeros(len(lengths), T, dtype=torch.bool)
         for b, n in enumerate(torch.as_tensor(lengths).tolist()):
             if side == "right":
@@ -129,7 +150,18 @@ def _pad_loop(guard_zero=True):
     return candidate
 
 
-# ---------------------------------------------------------------- 3.6 causal + padding
+def _pad_attention(cast=True, invert=False, use_device=True):
+    """Right for lengths; the attention_mask path keeps the ints, inverts, or ignores `device`."""
+    def candidate(lengths=None, T=None, *, attention_mask=None, side="right", device=None):
+        if attention_mask is None:
+            return _pad()(lengths, T, side=side)
+        out = attention_mask == 0 if invert else attention_mask
+        out = out.bool() if cast else out
+        return out.to(device) if use_device and device is not None else out
+    return candidate
+
+
+# ---------------------------------------------------------------- 3.7 causal + padding
 def _combined(axes=("keys",), causal=True):
     def candidate(pad):
         B, T = pad.shape
@@ -142,7 +174,7 @@ def _combined(axes=("keys",), causal=True):
     return candidate
 
 
-# ---------------------------------------------------------------- 3.7 attention offset
+# ---------------------------------------------------------------- 3.8 attention offset
 def _offset(sign=1, reduce="sum"):
     def candidate(weights):
         T = weights.shape[-1]
@@ -173,14 +205,16 @@ PASSING = [  # (exercise, candidate); the id names it
     pytest.param("3.3", _softmax_of(float("-inf"), finite_first=True, empty_rows="zero"), id="3.3-reference"),
     pytest.param("3.3", _renorm, id="3.3-renormalise-after-softmax"),
     pytest.param("3.3", _softmax_of(float("-inf"), after="nan-to-num"), id="3.3-nan-to-num"),
-    pytest.param("3.4", leaks_future, id="3.4-library"),
-    pytest.param("3.4", _detector(0), id="3.4-reference"),
-    pytest.param("3.5", padding_mask, id="3.5-library"),
-    pytest.param("3.5", _pad(), id="3.5-reference"),
-    pytest.param("3.5", _pad_loop(), id="3.5-python-loop"),
-    pytest.param("3.6", causal_padding_mask, id="3.6-library"),
-    pytest.param("3.6", _combined(), id="3.6-reference"),
-    pytest.param("3.7", _offset(), id="3.7-reference"),
+    pytest.param("3.4", future_influence, id="3.4-library"),
+    pytest.param("3.4", _influence(), id="3.4-reference"),
+    pytest.param("3.5", leaks_future, id="3.5-library"),
+    pytest.param("3.5", _detector(0), id="3.5-reference"),
+    pytest.param("3.6", padding_mask, id="3.6-library"),
+    pytest.param("3.6", _pad(), id="3.6-reference"),
+    pytest.param("3.6", _pad_loop(), id="3.6-python-loop"),
+    pytest.param("3.7", causal_padding_mask, id="3.7-library"),
+    pytest.param("3.7", _combined(), id="3.7-reference"),
+    pytest.param("3.8", _offset(), id="3.8-reference"),
 ]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id names the mistake
@@ -215,44 +249,54 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id nam
     pytest.param("3.3", _softmax_in_place, "in place", id="3.3-in-place"),
     pytest.param("3.3", _scaled, "did you scale", id="3.3-scaled"),
     pytest.param("3.3", lambda s, m: masked_softmax(s, m)[..., :-1], "scores' shape", id="3.3-wrong-shape"),
-    pytest.param("3.4", _detector(1), "but it is causal", id="3.4-compares-position-t"),
-    pytest.param("3.4", _detector(0, positions=lambda T: [T - 1]), "missed a model", id="3.4-only-last-token"),
-    pytest.param("3.4", _detector(0, positions=lambda T: range(2, T)), "leaks only at position 0",
-                 id="3.4-skips-early-positions"),
-    pytest.param("3.4", _detector(0, perturb=lambda x, t: torch.zeros_like(x[:, t])), "missed a model",
-                 id="3.4-zero-perturbation"),                                # may not change the token
-    pytest.param("3.4", lambda model, x: False, "missed a model", id="3.4-always-false"),
-    pytest.param("3.4", lambda model, x: True, "but it is causal", id="3.4-always-true"),
-    pytest.param("3.4", lambda model, x: "no", "return True or False", id="3.4-not-a-bool"),
-    pytest.param("3.4", _one_step, "two steps ahead", id="3.4-one-step-misses-two-step-leak"),
-    pytest.param("3.5", _pad(left=lambda pos, L, T: pos[None, :] < L[:, None]), "you padded on the right",
-                 id="3.5-ignores-side"),
-    pytest.param("3.5", _pad(right=lambda pos, L, T: pos[None, :] >= (T - L)[:, None]), "padded on the left",
-                 id="3.5-right-is-left"),
-    pytest.param("3.5", _pad(right=lambda pos, L, T: pos[None, :] <= L[:, None]), "off by one",
-                 id="3.5-right-off-by-one"),
-    pytest.param("3.5", _pad(left=lambda pos, L, T: pos[None, :] > (T - L - 1)[:, None] - 1), "off by one",
-                 id="3.5-left-off-by-one"),
-    pytest.param("3.5", _pad(right=lambda pos, L, T: pos[None, :] >= L[:, None]), "True at padding",
-                 id="3.5-inverted"),
-    pytest.param("3.5", _pad_loop(guard_zero=False), "row 0 should be", id="3.5-negative-slice-length-0"),
-    pytest.param("3.5", _pad(dtype=torch.long), "dtype is torch.int64", id="3.5-long-dtype"),
-    pytest.param("3.5", lambda lengths, T=None, **kw: _pad()(lengths, T, **kw).T, "return shape",
-                 id="3.5-transposed"),
-    pytest.param("3.6", lambda pad: causal_mask(pad.shape[1]).expand(pad.shape[0], 1, *pad.shape[1:] * 2),
-                 "padding keys are not masked", id="3.6-no-padding"),
-    pytest.param("3.6", _combined(causal=False), "causal part is missing", id="3.6-no-causal"),
-    pytest.param("3.6", _combined(("queries",)), "query axis (rows)", id="3.6-rows-not-columns"),
-    pytest.param("3.6", _combined(("keys", "queries")), "query axis (rows)", id="3.6-rows-and-columns"),
-    pytest.param("3.6", lambda pad: _combined()(pad)[:, 0], "lacks the head dim", id="3.6-no-head-dim"),
-    pytest.param("3.6", lambda pad: _combined()(pad).float(), "dtype is torch.float32", id="3.6-float-dtype"),
-    pytest.param("3.6", lambda pad: _combined()(pad).transpose(-1, -2), "upper- instead of lower",
+    pytest.param("3.4", _influence(transpose=True), "transposed", id="3.4-transposed"),
+    pytest.param("3.4", _influence(perturb=lambda x, s: torch.zeros_like(x[:, s])), "changing token 1 moved nothing",
+                 id="3.4-zero-perturbation"),
+    pytest.param("3.4", _influence(upper_only=True), "only the entries above the diagonal",
+                 id="3.4-upper-triangle-only"),
+    pytest.param("3.4", lambda model, x: -_influence()(model, x), "absolute difference", id="3.4-negated"),
+    pytest.param("3.4", lambda model, x: _influence()(model, x)[:-1], "(7, 7)", id="3.4-wrong-shape"),
+    pytest.param("3.5", _detector(1), "but it is causal", id="3.5-compares-position-t"),
+    pytest.param("3.5", _detector(0, positions=lambda T: [T - 1]), "missed a model", id="3.5-only-last-token"),
+    pytest.param("3.5", _detector(0, positions=lambda T: range(2, T)), "leaks only at position 0",
+                 id="3.5-skips-early-positions"),
+    pytest.param("3.5", _detector(0, perturb=lambda x, t: torch.zeros_like(x[:, t])), "missed a model",
+                 id="3.5-zero-perturbation"),                                # may not change the token
+    pytest.param("3.5", lambda model, x: False, "missed a model", id="3.5-always-false"),
+    pytest.param("3.5", lambda model, x: True, "but it is causal", id="3.5-always-true"),
+    pytest.param("3.5", lambda model, x: "no", "return True or False", id="3.5-not-a-bool"),
+    pytest.param("3.5", _one_step, "two steps ahead", id="3.5-one-step-misses-two-step-leak"),
+    pytest.param("3.6", _pad(left=lambda pos, L, T: pos[None, :] < L[:, None]), "you padded on the right",
+                 id="3.6-ignores-side"),
+    pytest.param("3.6", _pad(right=lambda pos, L, T: pos[None, :] >= (T - L)[:, None]), "padded on the left",
+                 id="3.6-right-is-left"),
+    pytest.param("3.6", _pad(right=lambda pos, L, T: pos[None, :] <= L[:, None]), "off by one",
+                 id="3.6-right-off-by-one"),
+    pytest.param("3.6", _pad(left=lambda pos, L, T: pos[None, :] > (T - L - 1)[:, None] - 1), "off by one",
+                 id="3.6-left-off-by-one"),
+    pytest.param("3.6", _pad(right=lambda pos, L, T: pos[None, :] >= L[:, None]), "True at padding",
+                 id="3.6-inverted"),
+    pytest.param("3.6", _pad_loop(guard_zero=False), "row 0 should be", id="3.6-negative-slice-length-0"),
+    pytest.param("3.6", _pad(dtype=torch.long), "dtype is torch.int64", id="3.6-long-dtype"),
+    pytest.param("3.6", lambda lengths=None, T=None, **kw: _pad()(lengths, T, **kw).T, "return shape",
                  id="3.6-transposed"),
-    pytest.param("3.7", _offset(sign=-1), "sign is flipped", id="3.7-sign-flipped"),
-    pytest.param("3.7", _offset(reduce="mean"), "must give offset +1", id="3.7-mean-not-sum"),
-    pytest.param("3.7", _offset(reduce="unweighted"), "offset +1", id="3.7-unweighted"),
-    pytest.param("3.7", _argmax_offset, "do not average", id="3.7-argmax"),
-    pytest.param("3.7", lambda w: _offset()(w)[..., None], "one offset per query", id="3.7-wrong-shape"),
+    pytest.param("3.6", _pad_attention(cast=False), "as a bool tensor", id="3.6-attention-mask-kept-int"),
+    pytest.param("3.6", _pad_attention(invert=True), "as a bool tensor", id="3.6-attention-mask-inverted"),
+    pytest.param("3.6", _pad_attention(use_device=False), "on `device`", id="3.6-attention-mask-ignores-device"),
+    pytest.param("3.7", lambda pad: causal_mask(pad.shape[1]).expand(pad.shape[0], 1, *pad.shape[1:] * 2),
+                 "padding keys are not masked", id="3.7-no-padding"),
+    pytest.param("3.7", _combined(causal=False), "causal part is missing", id="3.7-no-causal"),
+    pytest.param("3.7", _combined(("queries",)), "query axis (rows)", id="3.7-rows-not-columns"),
+    pytest.param("3.7", _combined(("keys", "queries")), "query axis (rows)", id="3.7-rows-and-columns"),
+    pytest.param("3.7", lambda pad: _combined()(pad)[:, 0], "lacks the head dim", id="3.7-no-head-dim"),
+    pytest.param("3.7", lambda pad: _combined()(pad).float(), "dtype is torch.float32", id="3.7-float-dtype"),
+    pytest.param("3.7", lambda pad: _combined()(pad).transpose(-1, -2), "upper- instead of lower",
+                 id="3.7-transposed"),
+    pytest.param("3.8", _offset(sign=-1), "sign is flipped", id="3.8-sign-flipped"),
+    pytest.param("3.8", _offset(reduce="mean"), "must give offset +1", id="3.8-mean-not-sum"),
+    pytest.param("3.8", _offset(reduce="unweighted"), "offset +1", id="3.8-unweighted"),
+    pytest.param("3.8", _argmax_offset, "do not average", id="3.8-argmax"),
+    pytest.param("3.8", lambda w: _offset()(w)[..., None], "one offset per query", id="3.8-wrong-shape"),
 ]
 
 
@@ -266,7 +310,7 @@ def test_check_rejects_the_mistake_with_a_hint(assert_check_fails, exercise_id, 
     assert_check_fails(exercise_id, candidate, phrase)
 
 
-@pytest.mark.parametrize("exercise_id", ["3.1", "3.2", "3.3", "3.4", "3.5", "3.6", "3.7"])
+@pytest.mark.parametrize("exercise_id", ["3.1", "3.2", "3.3", "3.5", "3.6", "3.7", "3.8"])
 def test_unsolved_exercises_report_not_done(exercise_id):
     def todo(*args, **kwargs):
         raise NotImplementedError

@@ -190,7 +190,7 @@ def _(masked_softmax):
                           "scale or otherwise change the scores?")
 
 
-# ---------------------------------------------------------------- 3.4
+# ---------------------------------------------------------------- 3.4 and 3.5: toy models to probe
 class _Probe(torch.nn.Module):
     """A toy sequence model: output at t = embedding(x[t]) + sum of embeddings of some other tokens."""
 
@@ -228,8 +228,53 @@ def _verdict(leaks_future, model, x) -> bool:
     return out
 
 
-@exercise("3.4", "A leak detector", builds="gptlib.masking:leaks_future", tier="core",
-          difficulty=2, importance=2)
+def _influence_pattern(sees, T: int) -> torch.Tensor:
+    """[t, s] True where the probe's output at t depends on the token at s."""
+    out = torch.eye(T, dtype=torch.bool)
+    for t in range(T):
+        out[t, list(sees(t, T))] = True
+    return out
+
+
+@exercise("3.4", "The influence matrix", builds="gptlib.masking:future_influence", tier="core",
+          difficulty=3, importance=2)
+def _(future_influence):
+    x = torch.randint(0, 12, (3, 7), generator=torch.Generator().manual_seed(1))
+    x[:, 1] = 0   # a perturbation that sets tokens to 0 changes nothing here
+    probes = {"a running sum over the past": lambda t, T: range(t),
+              "a model that sees the whole window": lambda t, T: range(T),
+              "a model that leaks one step ahead": lambda t, T: [t + 1] if t + 1 < 7 else []}
+    for name, sees in probes.items():
+        out = _tensor(future_influence(_Probe(sees), x.clone()), "the influence matrix")
+        expect(tuple(out.shape) == (7, 7), f"for a (B, T) = (3, 7) batch return a (T, T) = (7, 7) matrix, "
+                                           f"got {tuple(out.shape)}")
+        out = out.detach().cpu().float()
+        expect(bool((out >= 0).all()), "the influence is a size of change: take the absolute difference "
+                                       "before the largest one, so no entry is negative")
+        got, want = out > 1e-6, _influence_pattern(sees, 7)
+        if torch.equal(got, want):
+            continue
+        if torch.equal(got, want.T):
+            raise CheckFailed(f"on {name} your matrix is transposed: row t is the output at position t, "
+                              "column s the token that was changed, so entry [t, s] = how much output t "
+                              "moves when token s changes")
+        if torch.equal(got, want.triu(1)) or torch.equal(got, want & ~torch.ones(7, 7, dtype=torch.bool).tril()):
+            raise CheckFailed("only the entries above the diagonal are filled: fill the whole matrix, every "
+                              "output position t for every changed token s (the diagonal and the past too)")
+        if not got[:, 1].any():
+            raise CheckFailed("changing token 1 moved nothing: in this batch token 1 is 0 everywhere, so "
+                              "setting it to 0 is no change; replace each token with a *different* id, e.g. "
+                              "(x + 1) % vocab")
+        t, s = (got != want).nonzero()[0].tolist()
+        raise CheckFailed(f"on {name} the output at position {t} "
+                          + ("depends on" if want[t, s] else "does not depend on")
+                          + f" the token at position {s}, but your entry [{t}, {s}] is {out[t, s]:.3g}: "
+                          "change one position s at a time and record, for every t, the largest absolute "
+                          "change of the output at t")
+
+
+@exercise("3.5", "A leak detector", builds="gptlib.masking:leaks_future", tier="warm-up",
+          difficulty=1, importance=2)
 def _(leaks_future):
     x = torch.randint(0, 12, (3, 8), generator=torch.Generator().manual_seed(1))
     x[:, 1] = 0   # a perturbation that sets tokens to 0 changes nothing here
@@ -244,8 +289,8 @@ def _(leaks_future):
                "different token) and compare the outputs at every position before t")
 
 
-# ---------------------------------------------------------------- 3.5
-@exercise("3.5", "Padding masks from lengths", builds="gptlib.masking:padding_mask", tier="core",
+# ---------------------------------------------------------------- 3.6
+@exercise("3.6", "Padding masks", builds="gptlib.masking:padding_mask", tier="core",
           difficulty=2, importance=2)
 def _(padding_mask):
     for lengths, T in (([2, 5, 3], 5), ([1, 4], 6), ([0, 3], 3)):
@@ -277,9 +322,18 @@ def _(padding_mask):
             raise CheckFailed(f"wrong mask for lengths {lengths}, T={T}, side={side!r}: row b must be "
                               f"True at exactly lengths[b] positions, e.g. row 0 should be "
                               f"{want[0].int().tolist()}, got {got[0].int().tolist()}")
+    attention_mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
+    out = _tensor(padding_mask(attention_mask=attention_mask.clone()), "the padding mask")
+    expect(out.dtype == torch.bool and torch.equal(out, attention_mask == 1),
+           f"padding_mask(attention_mask=...) must return the same pattern as a bool tensor (True where the "
+           f"attention_mask holds 1), got {out.int().tolist() if out.dim() == 2 else tuple(out.shape)} of "
+           f"dtype {out.dtype}")
+    out = _tensor(padding_mask(attention_mask=attention_mask, device="meta"), "the padding mask")
+    expect(out.device.type == "meta", f"padding_mask(attention_mask=..., device='meta') returned a tensor on "
+                                      f"{out.device}: put the mask on `device` when it is given")
 
 
-# ---------------------------------------------------------------- 3.6
+# ---------------------------------------------------------------- 3.7
 def _mask_mistakes(pad: torch.Tensor) -> dict[str, torch.Tensor]:
     B, T = pad.shape
     causal = _lower(T)[None, None]
@@ -296,7 +350,7 @@ def _mask_mistakes(pad: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-@exercise("3.6", "Causal and padding together", builds="gptlib.masking:causal_padding_mask",
+@exercise("3.7", "Causal and padding together", builds="gptlib.masking:causal_padding_mask",
           tier="core", difficulty=2, importance=3)
 def _(causal_padding_mask):
     for lengths, T, side in (([2, 4, 1], 4, "left"), ([2, 5, 3], 5, "right"), ([1, 4], 4, "right"),
@@ -324,7 +378,7 @@ def _(causal_padding_mask):
         expect(out.dtype == torch.bool, f"the pattern is right but the dtype is {out.dtype}: return a bool tensor")
 
 
-# ---------------------------------------------------------------- 3.7 (stretch)
+# ---------------------------------------------------------------- 3.8 (stretch)
 def _offset_ref(weights: torch.Tensor) -> torch.Tensor:
     T = weights.shape[-1]
     out = torch.zeros(weights.shape[:-1], dtype=weights.dtype)
@@ -334,7 +388,7 @@ def _offset_ref(weights: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@exercise("3.7", "Where does the cheater look?", tier="stretch", difficulty=2, importance=1)
+@exercise("3.8", "Where does the cheater look?", tier="stretch", difficulty=2, importance=1)
 def _(mean_attention_offset):
     g = torch.Generator().manual_seed(7)
     full = F.softmax(torch.randn(2, 3, 6, 6, generator=g), dim=-1)        # looks everywhere

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["plot_mask_table", "plot_weight_panels", "plot_loss_curves", "plot_position_losses",
-           "plot_attention_row", "mask_explorer", "plot_padding_masks"]
+           "plot_attention_row", "mask_explorer", "plot_padding_masks", "plot_influence"]
 
 _VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥"}
 _ALLOWED, _BLOCKED, _PAD = "#cfe8cf", "#eeeeee", "#f6d5d5"
@@ -66,15 +66,20 @@ def plot_mask_table(mask: torch.Tensor, tokens: Sequence[str] | None = None,
     return fig
 
 
+def _panel_figure(panels: Mapping[str, torch.Tensor], width: float, height: float):
+    """One row of square panels, one per entry of ``panels``."""
+    if len(panels) == 0:
+        raise ValueError("nothing to draw")
+    return plt.subplots(1, len(panels), figsize=(min(10, width * len(panels)), height), dpi=100,
+                        squeeze=False)
+
+
 def plot_weight_panels(panels: Mapping[str, torch.Tensor], tokens: Sequence[str] | None = None):
     """Side-by-side heatmaps of ``(T, T)`` attention-weight matrices, each row sum written beside it.
 
     Used to compare the correct recipe (mask with ``-inf``, then softmax) with the usual mistakes.
     """
-    n = len(panels)
-    if n == 0:
-        raise ValueError("nothing to draw")
-    fig, axes = plt.subplots(1, n, figsize=(min(10, 3.3 * n), 3.4), dpi=100, squeeze=False)
+    fig, axes = _panel_figure(panels, width=3.3, height=3.4)
     for ax, (name, w) in zip(axes[0], panels.items()):
         w = _square(w, name)
         T = w.shape[0]
@@ -249,5 +254,28 @@ def plot_padding_masks(pad: torch.Tensor, combined: torch.Tensor,
         ax.set_xlabel(f"sequence {b}: {int(pad_np[b].sum())} tokens, {int((~pad_np[b]).sum())} padding",
                       fontsize=9)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_influence(panels: Mapping[str, torch.Tensor], title: str | None = None):
+    """Side-by-side heatmaps of ``(T, T)`` influence matrices (``gptlib.masking.future_influence``).
+
+    Entry ``[t, s]``: how much the output at position ``t`` moves when the token at ``s`` changes.
+    Each panel has its own colour scale; the dashed line is the diagonal, above it is the future.
+    """
+    fig, axes = _panel_figure(panels, width=3.6, height=3.6)
+    for ax, (name, m) in zip(axes[0], panels.items()):
+        m = _square(m, name)
+        T = m.shape[0]
+        image = ax.imshow(m, cmap="Reds", vmin=0, vmax=max(float(m.max()), 1e-12))
+        ax.plot([-0.5, T - 0.5], [-0.5, T - 0.5], color="#555555", linestyle="--", linewidth=1)
+        above = float(np.triu(m, k=1).max()) if T > 1 else 0.0
+        ax.set_title(f"{name}\nlargest above the diagonal: {above:.2g}", fontsize=10)
+        ax.set_xlabel("changed token s")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    axes[0][0].set_ylabel("output position t")
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
