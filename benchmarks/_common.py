@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,13 +51,9 @@ def result_name(base: str, device) -> str:
 
 def write_results(name: str, figures: dict) -> Path:
     """Write ``results/<name>.json`` atomically with the machine facts; return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    from gptlib.runtime import atomic_write
     record = {"benchmark": name, "machine": machine(), **figures}
-    target = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, target)
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    target = atomic_write(RESULTS / f"{name}.json", lambda tmp: tmp.write_text(text))
     print(f"wrote {target}")
     return target
