@@ -1,6 +1,6 @@
 """Train character-level GPTs on Tiny Shakespeare and record time, throughput and validation loss.
 
-Recipes (each one file in ``configs/``, the same files Chapter 6 and ``python -m gptlib.training``
+Recipes (each one file in ``configs/``, the same files Chapter 6 and ``python -m gptlib``
 read; a recipe that differs from a file in one field is derived from it here, by name)
 -------
 reference  ``configs/shakespeare_char_reference.json``: the well-known CPU recipe: 4 layers, 4

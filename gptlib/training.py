@@ -4,10 +4,11 @@
 
 Metrics (perplexity, bits per character), AdamW with decay on matrices only, the warmup + cosine
 schedule, evaluation, the mixed-precision and ``torch.compile`` switches, :class:`TrainConfig`,
-run recipes (one JSON file per run in ``configs/``, read by :func:`load_recipe`), :func:`train`
-and the command line::
+run recipes (one JSON file per run in ``configs/``, read by :func:`load_recipe`, their text by
+:func:`load_text_data`) and :func:`train`. The command line that trains from a recipe is
+:mod:`gptlib.__main__`::
 
-    python -m gptlib.training --config configs/shakespeare_char_cpu.json
+    python -m gptlib --config configs/shakespeare_char_cpu.json
 
 Checkpoints live in :mod:`gptlib.checkpoint`; the generation loop in :mod:`gptlib.sampling`.
 """
@@ -15,15 +16,13 @@ Checkpoints live in :mod:`gptlib.checkpoint`; the generation loop in :mod:`gptli
 # %% auto #0
 __all__ = ['TrainConfig', 'Recipe', 'recipe_file', 'load_recipe', 'perplexity', 'bits_per_char', 'uniform_loss', 'param_groups',
            'configure_optimizer', 'lr_at', 'train_step', 'evaluate', 'evaluate_full', 'resolve_precision',
-           'autocast_context', 'maybe_compile', 'History', 'DistInfo', 'draw_batch', 'train', 'load_text_data', 'main']
+           'autocast_context', 'maybe_compile', 'History', 'DistInfo', 'draw_batch', 'train', 'load_text_data']
 
 # %% ../notebooks/06_training.ipynb #ch06-004
-import argparse
 import contextlib
 import json
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,8 +34,8 @@ from tqdm.auto import tqdm
 import gptlib
 from gptlib.checkpoint import best_checkpoint_path, load_checkpoint, save_checkpoint, unwrap
 from gptlib.data import get_batch, iter_batches, train_val_split
-from gptlib.model import GPT, GPTConfig
-from gptlib.runtime import atomic_write, get_device, positive_int
+from gptlib.model import GPTConfig
+from gptlib.runtime import get_device, positive_int
 
 # %% ../notebooks/06_training.ipynb #ch06-recipe
 @dataclass
@@ -234,13 +233,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def configure_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
                         betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                         device_type: str | None = None) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (fused kernel on CUDA)."""
+    """``torch.optim.AdamW`` over the two groups of :func:`param_groups` (``model``,
+    ``weight_decay``), with learning rate ``lr``, ``betas`` (as a tuple) and ``eps``. When
+    ``device_type == "cuda"`` it asks for the fused kernel (``fused=True``: one GPU kernel for all
+    parameters); on any other device it leaves ``fused`` unset."""
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     if not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"betas must lie in [0, 1), got {betas}")
     extra = {"fused": True} if device_type == "cuda" else {}
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, **extra)
+
 
 # %% ../notebooks/06_training.ipynb #ch06-016
 def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -419,13 +422,15 @@ class History:
 
     @property
     def best_val(self) -> float:
-        """The lowest validation loss seen (inf before the first evaluation)."""
+        """The lowest validation loss seen (``math.inf`` before the first evaluation)."""
         return min(self.val_loss, default=math.inf)
 
     @property
     def best_step(self) -> int | None:
-        """The step of the lowest validation loss (None before the first evaluation)."""
+        """The step of the lowest validation loss: the entry of ``eval_step`` beside it (the
+        first one when several evaluations tie); None before the first evaluation."""
         return self.eval_step[self.val_loss.index(self.best_val)] if self.val_loss else None
+
 
 # %% ../notebooks/06_training.ipynb #ch06-032
 @dataclass(frozen=True)
@@ -545,13 +550,16 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
     if device.type == "cuda" and dist_info.world_size > 1:
         device = torch.device("cuda", dist_info.local_rank)
     raw.to(device)
+    # the run's batch generator (seeded with config.seed), AdamW as the config says, a new History
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = configure_optimizer(raw, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                     device_type=device.type)
     history, start = History(), 0
     if resume_from is not None:
         payload = load_checkpoint(resume_from, raw, optimizer, generator, map_location=device)
+        # continue at the checkpoint's step, with its history (History.from_dict)
         history, start = History.from_dict(payload["history"]), payload["step"]
+    # the step this call stops before: max_steps, or until_step if that comes first
     end = config.max_steps if until_step is None else min(until_step, config.max_steps)
     autocast = autocast_context(device, config.precision)
     net, _ = maybe_compile(raw, device, config.compile)
@@ -560,6 +568,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
             net, device_ids=[device.index] if device.type == "cuda" else None)
     if batch_loss is None:
         def batch_loss(net: nn.Module, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+            """``net``'s loss on this process's ``config.batch_size`` windows (:func:`draw_batch`)."""
             x, y = draw_batch(train_data, block_size, config.batch_size, generator, dist_info, device)
             return net(x, y)[1]
 
@@ -571,11 +580,17 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
     eval_bs = config.eval_batch_size or config.batch_size
     pending: list[torch.Tensor] = []
 
-    def eval_due(step: int) -> bool:   # from step 0 unless eval_interval reaches past the end
+    def eval_due(step: int) -> bool:
+        """If the run ``evaluates``: every ``eval_interval`` steps from 0, but not at step 0
+        when ``eval_interval`` exceeds ``max_steps`` (then at the end only)."""
         return (evaluates and step % config.eval_interval == 0
                 and (step > 0 or config.eval_interval <= config.max_steps))
 
     def run_eval(step: int) -> None:
+        """Record the model's losses before step ``step`` in ``history``: :func:`evaluate` of
+        ``raw`` on ``train_data`` (NaN if None) and ``val_data`` (``eval_bs``, ``eval_iters``,
+        ``seed=config.seed + 1``, ``device``, ``autocast``), or, with the hook, NaN and
+        ``float(eval_loss(raw))`` in eval mode under ``no_grad`` and ``autocast``."""
         if step in history.eval_step:
             return
         flush()                     # every process evaluates at the same steps, so this is collective
@@ -592,7 +607,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
                 val = float(eval_loss(raw))
             raw.train(was_training)
             history.eval_train_loss.append(math.nan)
-        improved = val < history.best_val
+        improved = val < history.best_val   # keep_best: compared before val is recorded
         history.val_loss.append(val)
         history.eval_step.append(step)
         if dist_info.is_main:
@@ -624,6 +639,8 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
                desc="training", unit="step", dynamic_ncols=True)
     net.train()
     for step in range(start, end):
+        # evaluate first if due; one train_step; record step and lr (the rate it used) in history
+        # and queue (loss, norm) as one float32 pair in pending (flush() moves them to history)
         if eval_due(step):
             run_eval(step)
         loss, norm = train_step(raw, optimizer, micro_loss, step, config)
@@ -639,6 +656,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
             save(step + 1)
     bar.close()
     flush()
+    # a run that reached max_steps (not stopped by until_step) ends evaluated
     if end == config.max_steps and evaluates:
         run_eval(end)
     if checkpoint_path:
@@ -666,55 +684,3 @@ def load_text_data(data: dict) -> tuple[Any, torch.Tensor, torch.Tensor, str]:
     train_ids, val_ids = train_val_split(ids, data["val_fraction"])
     return tokenizer, train_ids, val_ids, text
 
-
-def _run_recipe(recipe: Recipe, out_dir: str | None = None, resume: bool = False,
-                until_step: int | None = None, progress: bool = True) -> History:
-    """Train a GPT as ``recipe`` says; write ``ckpt.pt`` and ``history.json`` (and ``ckpt.best.pt``
-    with ``keep_best``) into ``out_dir`` (default: the recipe's); ``resume`` continues from
-    ``ckpt.pt``."""
-    out_dir = Path(recipe.out_dir if out_dir is None else out_dir)
-    ckpt = out_dir / "ckpt.pt"
-    if resume and not ckpt.is_file():
-        raise FileNotFoundError(f"--resume was given but there is no checkpoint at {ckpt}")
-    tokenizer, train_ids, val_ids, _ = load_text_data(recipe.data)
-    torch.manual_seed(recipe.train.seed)  # the weights' initialisation
-    model = GPT(recipe.model_config(tokenizer.vocab_size))
-    history = train(model, train_ids, val_ids, recipe.train, checkpoint_path=ckpt,
-                    resume_from=ckpt if resume else None, until_step=until_step, progress=progress)
-    if _setup_distributed().is_main:
-        atomic_write(out_dir / "history.json", lambda tmp: tmp.write_text(json.dumps(history.to_dict())))
-        last = history.val_loss[-1] if history.val_loss else float("nan")
-        best = f", best {best_checkpoint_path(ckpt)}" if recipe.train.keep_best else ""
-        print(f"step {history.step[-1] + 1 if history.step else 0}: val loss {last:.4f} "
-              f"(best {history.best_val:.4f}); checkpoint {ckpt}{best}")
-    return history
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m gptlib.training --config RECIPE [--out-dir DIR] [--resume] [--until STEP]``
-    (also under torchrun). RECIPE is a JSON file (``configs/shakespeare_char_cpu.json``) or the
-    name of one in ``configs/`` (``shakespeare_char_cpu``)."""
-    parser = argparse.ArgumentParser(prog="python -m gptlib.training", description=main.__doc__)
-    parser.add_argument("--config", required=True, help="a recipe: a JSON file, or a name in configs/")
-    parser.add_argument("--out-dir", default=None, help="where ckpt.pt and history.json go (default: the recipe's out_dir)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
-    parser.add_argument("--until", type=int, default=None, help="stop after this many steps")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    try:
-        recipe = load_recipe(args.config)
-        if args.until is not None:
-            positive_int("--until", args.until)
-    except (OSError, ValueError) as err:
-        parser.error(str(err))
-    torch.set_num_threads(int(os.environ.get("GPTLIB_THREADS", torch.get_num_threads())))
-    try:
-        _run_recipe(recipe, args.out_dir, resume=args.resume, until_step=args.until,
-                    progress=not args.no_progress)
-    finally:
-        _cleanup_distributed()
-    return 0
-
-
-if __name__ == "__main__" and "__file__" in globals():  # run as a script, not inside a notebook
-    sys.exit(main())

@@ -46,7 +46,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_config):
 
 @pytest.mark.slow
 def test_resume_in_new_processes_via_cli(tmp_path):
-    """The same, with each part in its own process (python -m gptlib.training --until / --resume)."""
+    """The same, with each part in its own process (python -m gptlib --until / --resume)."""
     config = {"data": {"tokenizer": "char", "max_chars": 20000},
               "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32, "dropout": 0.1},
               "train": {"max_steps": 8, "batch_size": 4, "warmup_steps": 2, "eval_interval": 4,
@@ -56,7 +56,7 @@ def test_resume_in_new_processes_via_cli(tmp_path):
         cfg = {**config, "out_dir": str(tmp_path / name)}
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(cfg))
-        out = subprocess.run([sys.executable, "-m", "gptlib.training", "--config", str(path), "--no-progress",
+        out = subprocess.run([sys.executable, "-m", "gptlib", "--config", str(path), "--no-progress",
                               *extra], cwd=ROOT, capture_output=True, text=True, timeout=120,
                              env={**os.environ, "GPTLIB_THREADS": "1"})
         assert out.returncode == 0, out.stderr

@@ -1,4 +1,5 @@
 """Chapter 6 checks: the references pass, the usual mistakes fail with the matching hint."""
+import inspect
 import math
 import random
 
@@ -10,11 +11,26 @@ import torch.nn as nn
 from gptlib.checkpoint import _rng_state, _set_numpy_state, _set_rng_state, save_checkpoint
 from gptlib.data import get_batch, iter_batches
 from gptlib.exercises import run_check
-from gptlib.training import (DistInfo, bits_per_char, draw_batch, evaluate, evaluate_full, lr_at,
-                             param_groups, train_step)
+import gptlib.training
+from gptlib.training import (DistInfo, History, bits_per_char, configure_optimizer, draw_batch, evaluate,
+                             evaluate_full, lr_at, param_groups, perplexity, train, train_step)
 
 
-# ---- 6.1 bits per character ----------------------------------------------------------------
+# ---- 6.1 perplexity -----------------------------------------------------------------------
+
+def perplexity_in_base_2(loss):
+    return 2.0 ** loss
+
+
+def perplexity_as_a_probability(loss):
+    return math.exp(-loss)
+
+
+def perplexity_as_the_loss(loss):
+    return loss
+
+
+# ---- 6.2 bits per character ----------------------------------------------------------------
 
 def bpc_times_ln2(loss, t, c):
     return loss * t / c * math.log(2)
@@ -36,7 +52,7 @@ def bpc_nats(loss, t, c):
     return loss * t / c
 
 
-# ---- 6.2 parameter groups ------------------------------------------------------------------
+# ---- 6.3 parameter groups ------------------------------------------------------------------
 
 def groups_decaying_everything(model, wd):
     return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": wd}]
@@ -66,7 +82,29 @@ def groups_with_a_fixed_decay(model, wd):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-# ---- 6.3 warmup + cosine -------------------------------------------------------------------
+# ---- 6.4 the optimizer ---------------------------------------------------------------------
+
+def adamw_over_every_parameter(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device_type=None):
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def adamw_with_the_default_betas(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device_type=None):
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, eps=eps)
+
+
+def adam_with_an_l2_penalty(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device_type=None):
+    return torch.optim.Adam(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+
+def adamw_fused_everywhere(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device_type=None):
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=True)
+
+
+def adamw_never_fused(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device_type=None):
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+
+# ---- 6.5 warmup + cosine -------------------------------------------------------------------
 
 def _cosine(step, max_lr, min_lr, warmup, max_steps, floor=None):
     progress = (step - warmup) / (max_steps - warmup)
@@ -106,7 +144,7 @@ def lr_linear_decay(step, max_lr, min_lr, warmup, max_steps):
     return max_lr - (max_lr - min_lr) * (step - warmup) / (max_steps - warmup)
 
 
-# ---- 6.4 the training step -----------------------------------------------------------------
+# ---- 6.6 the training step -----------------------------------------------------------------
 
 def _slipped_step(model, optimizer, micro_loss, step, config, *, set_lr=True, divide=True, clip=True,
                   zero=True, micro_batches=None, last_loss=False):
@@ -164,7 +202,7 @@ def step_returning_floats(model, optimizer, micro_loss, step, config):
     return loss.item(), norm.item()
 
 
-# ---- 6.5 evaluate --------------------------------------------------------------------------
+# ---- 6.7 evaluate --------------------------------------------------------------------------
 
 def _losses(model, data, block_size, batch_size, eval_iters, generator):
     return [model(*get_batch(data, block_size, batch_size, generator=generator))[1] for _ in range(eval_iters)]
@@ -212,7 +250,7 @@ def evaluate_returning_a_tensor(model, data, block_size, batch_size, eval_iters,
     return torch.tensor(evaluate(model, data, block_size, batch_size, eval_iters, seed=seed))
 
 
-# ---- 6.6 evaluate_full ---------------------------------------------------------------------
+# ---- 6.8 evaluate_full ---------------------------------------------------------------------
 
 def evaluate_full_mean_of_batch_means(model, data, block_size, batch_size=32, device=None, autocast=None):
     was = model.training
@@ -244,7 +282,7 @@ def evaluate_full_that_leaves_eval_mode_on(model, data, block_size, batch_size=3
     return result
 
 
-# ---- 6.7 / 6.8 random states ---------------------------------------------------------------
+# ---- 6.9 / 6.10 random states ---------------------------------------------------------------
 
 def capture_without_numpy(generator=None):
     state = _rng_state(generator)
@@ -282,7 +320,7 @@ restore_without_the_batch_generator = _restore_but({"generator"})
 restore_without_python = _restore_but({"python"})
 
 
-# ---- 6.9 save_checkpoint -------------------------------------------------------------------
+# ---- 6.11 save_checkpoint -------------------------------------------------------------------
 
 def _save_but(**changes):
     def save(path, model, optimizer=None, step=0, train_config=None, generator=None, history=None, extra=None):
@@ -304,7 +342,35 @@ save_the_next_step = _save_but(step=lambda payload, args: payload["step"] + 1)
 save_without_the_history = _save_but(history=None)
 
 
-# ---- 6.10 draw_batch ----------------------------------------------------------------------
+# ---- 6.12 History.best_val / best_step ----------------------------------------------------
+
+class HistoryWithTheLastLoss(History):
+    @property
+    def best_val(self):
+        return self.val_loss[-1] if self.val_loss else math.inf
+
+
+class HistoryWithTheIndex(History):
+    @property
+    def best_step(self):
+        return self.val_loss.index(self.best_val) if self.val_loss else None
+
+
+class HistoryWithTheLastTie(History):
+    @property
+    def best_step(self):
+        if not self.val_loss:
+            return None
+        return self.eval_step[len(self.val_loss) - 1 - self.val_loss[::-1].index(self.best_val)]
+
+
+class HistoryFailingBeforeTheFirstEvaluation(History):
+    @property
+    def best_val(self):
+        return min(self.val_loss)
+
+
+# ---- 6.13 draw_batch ----------------------------------------------------------------------
 
 def draw_only_my_own_rows(data, block_size, batch_size, generator, dist_info=DistInfo(), device=None):
     return get_batch(data, block_size, batch_size, generator=generator)
@@ -320,7 +386,44 @@ def draw_the_same_first_rows_everywhere(data, block_size, batch_size, generator,
     return x[:batch_size], y[:batch_size]
 
 
-# ---- 6.11 stretch: the settings ------------------------------------------------------------
+# ---- 6.14 the training loop: gptlib's train with one slip each -----------------------------
+
+def _train_with(name, *edits):
+    """gptlib.training.train with each ``(old, new)`` of ``edits`` applied to its source."""
+    source = inspect.getsource(gptlib.training.train)
+    for old, new in edits:
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    namespace = dict(vars(gptlib.training))
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    namespace["train"].__name__ = name
+    return namespace["train"]
+
+
+_EVAL_FIRST = "        if eval_due(step):\n            run_eval(step)\n"
+_STEP = "        loss, norm = train_step(raw, optimizer, micro_loss, step, config)\n"
+_TRAIN_SLIPS = {  # name: the (old, new) edits of gptlib's train that make the slip
+    "train_evaluating_after_the_step": [(_EVAL_FIRST + _STEP, _STEP + _EVAL_FIRST)],
+    "train_stepping_one_ahead": [(_STEP, _STEP.replace("step, config", "step + 1, config"))],
+    "train_without_the_final_evaluation": [
+        ("    if end == config.max_steps and evaluates:\n        run_eval(end)\n", "")],
+    "train_evaluating_at_the_end_of_a_stopped_run": [("if end == config.max_steps and evaluates:", "if evaluates:")],
+    "train_evaluating_at_step_0_always": [("and (step > 0 or config.eval_interval <= config.max_steps)", "and True")],
+    "train_scoring_the_hook_in_train_mode": [("            raw.eval()\n", "")],
+    "train_scoring_the_hook_with_gradients": [("with torch.no_grad(), autocast:", "with autocast:")],
+    "train_evaluating_with_the_run_seed": [("seed=config.seed + 1,", "seed=config.seed,")],
+    "train_with_the_default_betas": [("(config.beta1, config.beta2)", "(0.9, 0.999)")],
+    "train_recording_the_peak_rate": [('lr = optimizer.param_groups[0]["lr"]', "lr = config.lr")],
+    "train_counting_steps_from_1": [("history.step.append(step)", "history.step.append(step + 1)")],
+    "train_resuming_from_step_0": [
+        ('History.from_dict(payload["history"]), payload["step"]', 'History.from_dict(payload["history"]), 0')],
+    "train_with_an_unseeded_generator": [
+        ("manual_seed(config.seed)\n    optimizer", "manual_seed(config.seed + 7)\n    optimizer")],
+}
+TRAIN_SLIPS = {name: _train_with(name, *edits) for name, edits in _TRAIN_SLIPS.items()}
+
+
+# ---- 6.15 stretch: the settings ------------------------------------------------------------
 
 def budget_reference():
     return {"lr": 3e-2, "warmup_steps": 5}
@@ -344,62 +447,88 @@ def budget_warmup_past_the_budget():
 
 # ---- the table -----------------------------------------------------------------------------
 
-PASSING = [("6.1", bits_per_char), ("6.2", param_groups), ("6.3", lr_at), ("6.4", train_step),
-           ("6.5", evaluate), ("6.6", evaluate_full), ("6.7", _rng_state), ("6.8", _set_rng_state),
-           ("6.9", save_checkpoint), ("6.10", draw_batch), ("6.11", budget_reference)]
+PASSING = [("6.1", perplexity), ("6.2", bits_per_char), ("6.3", param_groups), ("6.4", configure_optimizer),
+           ("6.5", lr_at), ("6.6", train_step), ("6.7", evaluate), ("6.8", evaluate_full), ("6.9", _rng_state),
+           ("6.10", _set_rng_state), ("6.11", save_checkpoint), ("6.12", History), ("6.13", draw_batch),
+           ("6.14", train), ("6.15", budget_reference)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
-    ("6.1", bpc_times_ln2, "multiplied by ln 2"),
-    ("6.1", bpc_log2_of_loss, "log2 of the loss"),
-    ("6.1", bpc_per_token, "bits per token"),
-    ("6.1", bpc_ratio_swapped, "swapped"),
-    ("6.1", bpc_nats, "nats per character"),
-    ("6.2", groups_decaying_everything, "LayerNorm weights/biases are decayed"),
-    ("6.2", groups_by_name_decaying_layernorm_gains, "LayerNorm weights/biases are decayed"),
-    ("6.2", groups_with_tied_weight_twice, "appears twice"),
-    ("6.2", groups_with_frozen_parameters, "frozen"),
-    ("6.2", groups_with_a_fixed_decay, "with weight_decay=0.3"),
-    ("6.3", lr_warmup_starting_at_zero, "off by one"),
-    ("6.3", lr_warmup_that_never_reaches_max, "off by one"),
-    ("6.3", lr_decay_to_zero, "decays to 0 instead of to min_lr"),
-    ("6.3", lr_cosine_to_zero_clamped_at_the_end, "decays to 0 instead of to min_lr"),
-    ("6.3", lr_linear_decay, "straight line"),
-    ("6.4", step_without_setting_the_lr, "the schedule says"),
-    ("6.4", step_without_dividing_by_accumulation, "not divided by grad_accum_steps"),
-    ("6.4", step_without_clipping, "were not clipped"),
-    ("6.4", step_that_keeps_the_gradients, "gradients are left"),
-    ("6.4", step_with_one_micro_batch, "once per micro-batch"),
-    ("6.4", step_returning_the_clipped_norm, "after clipping"),
-    ("6.4", step_returning_floats, "0-dim tensors"),
-    ("6.4", step_returning_the_last_loss, "the mean of the micro-batch losses"),
-    ("6.5", evaluate_in_train_mode, "model.eval()"),
-    ("6.5", evaluate_with_gradients, "torch.no_grad()"),
-    ("6.5", evaluate_that_leaves_train_mode_on, "model.train(was_training)"),
-    ("6.5", evaluate_with_the_global_generator, "global generator"),
-    ("6.5", evaluate_summing, "sum of the"),
-    ("6.5", evaluate_returning_a_tensor, "Python float"),
-    ("6.6", evaluate_full_mean_of_batch_means, "mean of the batch means"),
-    ("6.6", evaluate_full_counting_windows, "number of windows"),
-    ("6.6", evaluate_full_in_train_mode, "model.eval()"),
-    ("6.6", evaluate_full_that_leaves_eval_mode_on, "model.train(was_training)"),
-    ("6.7", capture_without_numpy, "'numpy' entry"),
-    ("6.7", capture_with_numpys_own_tuple, "weights_only=True"),
-    ("6.7", capture_without_the_batch_generator, "'generator' entry"),
-    ("6.7", capture_a_fresh_torch_state, "torch's CPU generator"),
-    ("6.8", restore_without_torch, "restore state['torch']"),
-    ("6.8", restore_without_the_batch_generator, "restore state['generator']"),
-    ("6.8", restore_without_python, "restore state['python']"),
-    ("6.9", save_without_the_optimizer, "AdamW's moments"),
-    ("6.9", save_without_the_batch_generator, "batch generator's state"),
-    ("6.9", save_the_next_step, "'step' is"),
-    ("6.9", save_without_the_history, "history.to_dict()"),
-    ("6.10", draw_only_my_own_rows, "one global batch"),
-    ("6.10", draw_every_world_size_th_row, "rows r * batch_size"),
-    ("6.10", draw_the_same_first_rows_everywhere, "the same windows"),
-    ("6.11", budget_rate_too_low, "above the target"),
-    ("6.11", budget_high_rate_without_warmup, "above the target"),
-    ("6.11", budget_rate_far_too_high, "too high"),
-    ("6.11", budget_warmup_past_the_budget, "from 0 to 40"),
+    ("6.1", perplexity_in_base_2, "not 2 ** loss"),
+    ("6.1", perplexity_as_a_probability, "its inverse"),
+    ("6.1", perplexity_as_the_loss, "perplexity 65"),
+    ("6.2", bpc_times_ln2, "multiplied by ln 2"),
+    ("6.2", bpc_log2_of_loss, "log2 of the loss"),
+    ("6.2", bpc_per_token, "bits per token"),
+    ("6.2", bpc_ratio_swapped, "swapped"),
+    ("6.2", bpc_nats, "nats per character"),
+    ("6.3", groups_decaying_everything, "LayerNorm weights/biases are decayed"),
+    ("6.3", groups_by_name_decaying_layernorm_gains, "LayerNorm weights/biases are decayed"),
+    ("6.3", groups_with_tied_weight_twice, "appears twice"),
+    ("6.3", groups_with_frozen_parameters, "frozen"),
+    ("6.3", groups_with_a_fixed_decay, "with weight_decay=0.3"),
+    ("6.4", adamw_over_every_parameter, "one group"),
+    ("6.4", adamw_with_the_default_betas, "expected (0.9, 0.95)"),
+    ("6.4", adam_with_an_l2_penalty, "return a torch.optim.AdamW"),
+    ("6.4", adamw_fused_everywhere, "for device_type='cuda' only"),
+    ("6.4", adamw_never_fused, "ask for the fused kernel"),
+    ("6.5", lr_warmup_starting_at_zero, "off by one"),
+    ("6.5", lr_warmup_that_never_reaches_max, "off by one"),
+    ("6.5", lr_decay_to_zero, "decays to 0 instead of to min_lr"),
+    ("6.5", lr_cosine_to_zero_clamped_at_the_end, "decays to 0 instead of to min_lr"),
+    ("6.5", lr_linear_decay, "straight line"),
+    ("6.6", step_without_setting_the_lr, "the schedule says"),
+    ("6.6", step_without_dividing_by_accumulation, "not divided by grad_accum_steps"),
+    ("6.6", step_without_clipping, "were not clipped"),
+    ("6.6", step_that_keeps_the_gradients, "gradients are left"),
+    ("6.6", step_with_one_micro_batch, "once per micro-batch"),
+    ("6.6", step_returning_the_clipped_norm, "after clipping"),
+    ("6.6", step_returning_floats, "0-dim tensors"),
+    ("6.6", step_returning_the_last_loss, "the mean of the micro-batch losses"),
+    ("6.7", evaluate_in_train_mode, "model.eval()"),
+    ("6.7", evaluate_with_gradients, "torch.no_grad()"),
+    ("6.7", evaluate_that_leaves_train_mode_on, "model.train(was_training)"),
+    ("6.7", evaluate_with_the_global_generator, "global generator"),
+    ("6.7", evaluate_summing, "sum of the"),
+    ("6.7", evaluate_returning_a_tensor, "Python float"),
+    ("6.8", evaluate_full_mean_of_batch_means, "mean of the batch means"),
+    ("6.8", evaluate_full_counting_windows, "number of windows"),
+    ("6.8", evaluate_full_in_train_mode, "model.eval()"),
+    ("6.8", evaluate_full_that_leaves_eval_mode_on, "model.train(was_training)"),
+    ("6.9", capture_without_numpy, "'numpy' entry"),
+    ("6.9", capture_with_numpys_own_tuple, "weights_only=True"),
+    ("6.9", capture_without_the_batch_generator, "'generator' entry"),
+    ("6.9", capture_a_fresh_torch_state, "torch's CPU generator"),
+    ("6.10", restore_without_torch, "restore state['torch']"),
+    ("6.10", restore_without_the_batch_generator, "restore state['generator']"),
+    ("6.10", restore_without_python, "restore state['python']"),
+    ("6.11", save_without_the_optimizer, "AdamW's moments"),
+    ("6.11", save_without_the_batch_generator, "batch generator's state"),
+    ("6.11", save_the_next_step, "'step' is"),
+    ("6.11", save_without_the_history, "history.to_dict()"),
+    ("6.12", HistoryWithTheLastLoss, "the last validation loss"),
+    ("6.12", HistoryWithTheIndex, "the position in val_loss"),
+    ("6.12", HistoryWithTheLastTie, "the last of the tied"),
+    ("6.12", HistoryFailingBeforeTheFirstEvaluation, "before the first evaluation"),
+    ("6.13", draw_only_my_own_rows, "one global batch"),
+    ("6.13", draw_every_world_size_th_row, "rows r * batch_size"),
+    ("6.13", draw_the_same_first_rows_everywhere, "the same windows"),
+    ("6.14", TRAIN_SLIPS["train_evaluating_after_the_step"], "evaluate before the step"),
+    ("6.14", TRAIN_SLIPS["train_stepping_one_ahead"], "one step ahead"),
+    ("6.14", TRAIN_SLIPS["train_without_the_final_evaluation"], "no evaluation at the end"),
+    ("6.14", TRAIN_SLIPS["train_evaluating_at_the_end_of_a_stopped_run"], "stopped early by until_step"),
+    ("6.14", TRAIN_SLIPS["train_evaluating_at_step_0_always"], "not at step 0"),
+    ("6.14", TRAIN_SLIPS["train_scoring_the_hook_in_train_mode"], "in train mode"),
+    ("6.14", TRAIN_SLIPS["train_scoring_the_hook_with_gradients"], "torch.no_grad()"),
+    ("6.14", TRAIN_SLIPS["train_evaluating_with_the_run_seed"], "seed=config.seed + 1"),
+    ("6.14", TRAIN_SLIPS["train_with_the_default_betas"], "the training losses differ"),
+    ("6.14", TRAIN_SLIPS["train_recording_the_peak_rate"], "record optimizer.param_groups[0]['lr']"),
+    ("6.14", TRAIN_SLIPS["train_counting_steps_from_1"], "record every step's number"),
+    ("6.14", TRAIN_SLIPS["train_resuming_from_step_0"], "continue at payload['step']"),
+    ("6.14", TRAIN_SLIPS["train_with_an_unseeded_generator"], "generator seeded with config.seed"),
+    ("6.15", budget_rate_too_low, "above the target"),
+    ("6.15", budget_high_rate_without_warmup, "above the target"),
+    ("6.15", budget_rate_far_too_high, "too high"),
+    ("6.15", budget_warmup_past_the_budget, "from 0 to 40"),
 ]
 
 

@@ -46,7 +46,7 @@ def _env(**extra):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
-    cmd = [sys.executable, "-m", "gptlib.training", "--no-progress", "--config"]
+    cmd = [sys.executable, "-m", "gptlib", "--no-progress", "--config"]
     port = str(_free_port())
     procs = [subprocess.Popen(cmd + [str(_config(tmp_path, "ddp", 3))], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,

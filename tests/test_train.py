@@ -177,7 +177,7 @@ def test_cli_trains_and_writes_checkpoint(tmp_path):
               "out_dir": str(tmp_path / "run")}
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(config))
-    out = subprocess.run([sys.executable, "-m", "gptlib.training", "--config", str(path), "--no-progress"],
+    out = subprocess.run([sys.executable, "-m", "gptlib", "--config", str(path), "--no-progress"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "GPTLIB_THREADS": "1"})
     assert out.returncode == 0, out.stderr
@@ -190,7 +190,7 @@ def test_cli_trains_and_writes_checkpoint(tmp_path):
 def test_cli_rejects_unknown_keys(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"train": {"max_steps": 2}, "modle": {}}))
-    out = subprocess.run([sys.executable, "-m", "gptlib.training", "--config", str(path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "gptlib", "--config", str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "unknown config sections: modle" in out.stderr
 
@@ -326,7 +326,7 @@ def test_unknown_recipe_name_lists_the_known_ones():
 
 def test_cli_runs_the_smoke_recipe_as_the_chapter_prints_it(tmp_path):
     """The chapter's command, from the repository root, on the committed smoke recipe."""
-    out = subprocess.run([sys.executable, "-m", "gptlib.training", "--config", "configs/shakespeare_char_smoke.json",
+    out = subprocess.run([sys.executable, "-m", "gptlib", "--config", "configs/shakespeare_char_smoke.json",
                           "--out-dir", str(tmp_path / "run"), "--until", "3", "--no-progress"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "GPTLIB_THREADS": "1"})

@@ -39,9 +39,31 @@ def _close(a, b, tol: float = 1e-9) -> bool:
     return isinstance(a, (int, float)) and math.isclose(float(a), b, rel_tol=tol, abs_tol=tol)
 
 
-# ---- 6.1 bits per character ------------------------------------------------------------------
+# ---- 6.1 perplexity ---------------------------------------------------------------------------
 
-@exercise("6.1", "Bits per character from a loss", builds="gptlib.training:bits_per_char",
+@exercise("6.1", "Perplexity from a loss", builds="gptlib.training:perplexity",
+          tier="warm-up", difficulty=1, importance=2)
+@_own_rng
+def _(candidate):
+    for loss in (math.log(65), 0.0, 1.0, 2.5, 0.3):
+        got = candidate(loss)
+        want = math.exp(loss)
+        expect(isinstance(got, (int, float)), f"return a Python float, got {type(got).__name__}")
+        if _close(got, want, 1e-9):
+            continue
+        if _close(got, 2.0 ** loss, 1e-9):
+            raise CheckFailed(f"perplexity({loss:.4g}) is 2 ** loss: the loss is in nats, natural logarithms, "
+                              "so undo it with e ** loss (math.exp), not 2 ** loss")
+        if _close(got, math.exp(-loss), 1e-9):
+            raise CheckFailed(f"perplexity({loss:.4g}) is exp(-loss), the geometric mean probability of the "
+                              "right token; perplexity is its inverse, the number of choices: exp(loss)")
+        raise CheckFailed(f"perplexity({loss:.4g}) should be {want:.6g}, got {got!r}: a uniform guess over 65 "
+                          "characters has loss ln 65 and perplexity 65")
+
+
+# ---- 6.2 bits per character ------------------------------------------------------------------
+
+@exercise("6.2", "Bits per character from a loss", builds="gptlib.training:bits_per_char",
           tier="warm-up", difficulty=1, importance=2)
 @_own_rng
 def _(candidate):
@@ -70,7 +92,7 @@ def _(candidate):
                           "loss * n_tokens / n_chars / ln 2")
 
 
-# ---- 6.2 parameter groups --------------------------------------------------------------------
+# ---- 6.3 parameter groups --------------------------------------------------------------------
 
 class _Tiny(nn.Module):
     """Embedding, Linear with bias, LayerNorm, and a tied head: every kind of parameter."""
@@ -86,7 +108,7 @@ class _Tiny(nn.Module):
         self.frozen.weight.requires_grad_(False)
 
 
-@exercise("6.2", "Parameter groups for weight decay", builds="gptlib.training:param_groups",
+@exercise("6.3", "Parameter groups for weight decay", builds="gptlib.training:param_groups",
           tier="core", difficulty=2, importance=3)
 @_own_rng
 def _(candidate):
@@ -123,7 +145,45 @@ def _(candidate):
         expect(all(names.get(i) for i in decay_of), "the groups hold tensors that are not the model's parameters")
 
 
-# ---- 6.3 the schedule ------------------------------------------------------------------------
+# ---- 6.4 the optimizer -----------------------------------------------------------------------
+
+@exercise("6.4", "AdamW over the two groups", builds="gptlib.training:configure_optimizer",
+          tier="warm-up", difficulty=1, importance=2)
+@_own_rng
+def _(candidate):
+    settings = [dict(lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device_type=None),
+                dict(lr=1e-2, weight_decay=0.3, betas=(0.8, 0.99), eps=1e-6, device_type="cpu"),
+                dict(lr=6e-4, weight_decay=0.05, betas=(0.85, 0.9), eps=1e-8, device_type="cuda")]
+    for s in settings:
+        model = _Tiny()
+        where = f"(lr={s['lr']}, weight_decay={s['weight_decay']}, betas={s['betas']}, eps={s['eps']}, " \
+                f"device_type={s['device_type']!r})"
+        opt = candidate(model, s["lr"], s["weight_decay"], s["betas"], s["eps"], device_type=s["device_type"])
+        expect(isinstance(opt, torch.optim.AdamW),
+               f"return a torch.optim.AdamW, got {type(opt).__name__} {where}: Adam's weight_decay is an L2 "
+               "term in the gradient, AdamW's is decoupled from it")
+        want = {id(p): (s["weight_decay"] if p.dim() >= 2 else 0.0)
+                for p in model.parameters() if p.requires_grad}
+        got = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        if len(opt.param_groups) == 1:
+            raise CheckFailed(f"the optimizer has one group, so every parameter is decayed alike {where}: "
+                              "hand AdamW the two groups of param_groups(model, weight_decay)")
+        expect(got == want, f"the groups' weight decay per parameter is not param_groups(model, weight_decay)'s "
+                            f"{where}: matrices decayed by weight_decay, vectors by 0, frozen ones left out")
+        for g in opt.param_groups:
+            expect(_close(g["lr"], s["lr"], 1e-12), f"a group has lr {g['lr']}, expected lr={s['lr']} {where}")
+            expect(tuple(g["betas"]) == tuple(s["betas"]),
+                   f"a group has betas {tuple(g['betas'])}, expected {s['betas']} {where}: pass betas on; "
+                   "AdamW's default (0.9, 0.999) averages the squared gradients over ~1000 steps")
+            expect(_close(g["eps"], s["eps"], 1e-15), f"a group has eps {g['eps']}, expected {s['eps']} {where}")
+        fused = bool(opt.defaults.get("fused"))
+        if s["device_type"] == "cuda":
+            expect(fused, f"with device_type='cuda' ask for the fused kernel: fused=True {where}")
+        else:
+            expect(not fused, f"fused=True is for device_type='cuda' only; leave it unset elsewhere {where}")
+
+
+# ---- 6.5 the schedule ------------------------------------------------------------------------
 
 def _lr_ref(step, hi, lo, warmup, total):
     if step < warmup:
@@ -133,7 +193,7 @@ def _lr_ref(step, hi, lo, warmup, total):
     return lo + 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * (hi - lo)
 
 
-@exercise("6.3", "Warmup then cosine learning rate", builds="gptlib.training:lr_at",
+@exercise("6.5", "Warmup then cosine learning rate", builds="gptlib.training:lr_at",
           tier="core", difficulty=2, importance=3)
 @_own_rng
 def _(candidate):
@@ -174,7 +234,7 @@ def _(candidate):
            "with warmup_steps=0 the first step must use max_lr (no division by zero)")
 
 
-# ---- 6.4 the training step -------------------------------------------------------------------
+# ---- 6.6 the training step -------------------------------------------------------------------
 
 class _StepNet(nn.Module):
     """A small classifier with a matrix, biases, a LayerNorm and a frozen layer."""
@@ -238,7 +298,7 @@ def _max_diff(a: nn.Module, b: nn.Module) -> float:
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
-@exercise("6.4", "One optimizer step", builds="gptlib.training:train_step",
+@exercise("6.6", "One optimizer step", builds="gptlib.training:train_step",
           tier="core", difficulty=3, importance=3)
 @_own_rng
 def _(candidate):
@@ -317,7 +377,7 @@ def _(candidate):
                                   f"before clipping is {want_norm.item():.4g} {where}")
 
 
-# ---- 6.5 / 6.6 evaluation --------------------------------------------------------------------
+# ---- 6.7 / 6.8 evaluation --------------------------------------------------------------------
 
 class _EvalLM(nn.Module):
     """A tiny language model with dropout that records, at each forward pass, whether it was in
@@ -365,7 +425,7 @@ def _mode_checks(candidate_call, model, name):
     return results
 
 
-@exercise("6.5", "Estimate the loss on fixed batches", builds="gptlib.training:evaluate",
+@exercise("6.7", "Estimate the loss on fixed batches", builds="gptlib.training:evaluate",
           tier="core", difficulty=2, importance=3)
 @_own_rng
 def _(candidate):
@@ -400,7 +460,7 @@ def _(candidate):
                           f"generator seeded with {seed}), got {got[0]:.6f}")
 
 
-@exercise("6.6", "Score every token once", builds="gptlib.training:evaluate_full",
+@exercise("6.8", "Score every token once", builds="gptlib.training:evaluate_full",
           tier="core", difficulty=2, importance=2)
 @_own_rng
 def _(candidate):
@@ -435,7 +495,7 @@ def _(candidate):
         raise CheckFailed(f"the mean loss over every target should be {total / tokens:.6f}, got {mean:.6f} {where}")
 
 
-# ---- 6.7 / 6.8 / 6.9 checkpoints -------------------------------------------------------------
+# ---- 6.9 / 6.10 / 6.11 checkpoints -------------------------------------------------------------
 
 def _capture_ref(generator=None) -> dict:
     """The documented format of ``_rng_state``, written out privately."""
@@ -501,7 +561,7 @@ def _keeps_every_rng(check):
     return run
 
 
-@exercise("6.7", "Capture every random state", builds="gptlib.checkpoint:_rng_state",
+@exercise("6.9", "Capture every random state", builds="gptlib.checkpoint:_rng_state",
           tier="core", difficulty=2, importance=2)
 @_keeps_every_rng
 def _(candidate):
@@ -527,7 +587,7 @@ def _(candidate):
                            "instead of {want:.6f}: the {key!r} entry is not its current state")
 
 
-@exercise("6.8", "Restore every random state", builds="gptlib.checkpoint:_set_rng_state",
+@exercise("6.10", "Restore every random state", builds="gptlib.checkpoint:_set_rng_state",
           tier="core", difficulty=2, importance=2)
 @_keeps_every_rng
 def _(candidate):
@@ -576,7 +636,7 @@ def _noisy_steps(model, optimizer, generator, steps, data):
     return losses
 
 
-@exercise("6.9", "What a checkpoint holds", builds="gptlib.checkpoint:save_checkpoint",
+@exercise("6.11", "What a checkpoint holds", builds="gptlib.checkpoint:save_checkpoint",
           tier="core", difficulty=2, importance=3)
 @_keeps_every_rng
 def _(candidate):
@@ -633,9 +693,43 @@ def _(candidate):
                f"the resumed run ends with other weights than the uninterrupted one {where}")
 
 
-# ---- 6.10 one global batch, sliced -----------------------------------------------------------
+# ---- 6.12 the best evaluation -----------------------------------------------------------------
 
-@exercise("6.10", "Each process's slice of one global batch", builds="gptlib.training:draw_batch",
+@exercise("6.12", "The best evaluation so far", builds="gptlib.training:History",
+          tier="warm-up", difficulty=1, importance=2)
+@_own_rng
+def _(candidate):
+    empty = candidate()
+    try:
+        best, at = empty.best_val, empty.best_step
+    except ValueError:
+        raise CheckFailed("before the first evaluation best_val raises ValueError (min of an empty list): "
+                          "return math.inf then, and best_step None") from None
+    expect(best == math.inf and at is None,
+           f"before any evaluation best_val must be math.inf and best_step None, got {best!r} and {at!r}")
+    cases = [([0, 250, 500, 750], [4.2, 2.1, 2.4, 2.6], 2.1, 250),   # overfits: the last is not the best
+             ([0, 100, 200, 300], [3.0, 2.5, 1.9, 1.7], 1.7, 300),
+             ([0, 40, 80, 120, 160], [2.0, 1.5, 1.8, 1.5, 1.6], 1.5, 40),   # a tie: the first one
+             ([60], [2.2], 2.2, 60)]
+    for steps, vals, want_val, want_step in cases:
+        h = candidate(eval_step=list(steps), val_loss=list(vals))
+        where = f"(eval_step={steps}, val_loss={vals})"
+        got_val, got_step = h.best_val, h.best_step
+        if got_val == vals[-1] and want_val != vals[-1]:
+            raise CheckFailed(f"best_val is the last validation loss, {got_val} {where}: the best is the lowest")
+        expect(got_val == want_val, f"best_val is {got_val!r}, the lowest validation loss is {want_val} {where}")
+        if got_step == vals.index(want_val) and got_step != want_step:
+            raise CheckFailed(f"best_step is {got_step}, the position in val_loss {where}: return the step "
+                              f"measured there, eval_step[i] = {want_step}")
+        if got_step == steps[len(vals) - 1 - vals[::-1].index(want_val)] and got_step != want_step:
+            raise CheckFailed(f"best_step is {got_step}, the last of the tied evaluations {where}: return the "
+                              f"first one, {want_step} (list.index finds the first)")
+        expect(got_step == want_step, f"best_step is {got_step!r}, expected {want_step} {where}")
+
+
+# ---- 6.13 one global batch, sliced -----------------------------------------------------------
+
+@exercise("6.13", "Each process's slice of one global batch", builds="gptlib.training:draw_batch",
           tier="core", difficulty=2, importance=1)
 @_own_rng
 def _(candidate):
@@ -666,7 +760,196 @@ def _(candidate):
                f"batch of {batch * world} windows: rank r keeps rows r * batch_size to (r + 1) * batch_size")
 
 
-# ---- 6.11 stretch: a loss target within a step budget ----------------------------------------
+# ---- 6.14 the training loop -------------------------------------------------------------------
+
+def _loop_config(**changes):
+    from gptlib.training import TrainConfig   # the run's settings: a plain dataclass
+    values = dict(max_steps=7, batch_size=3, grad_accum_steps=2, lr=1e-2, min_lr=1e-3, warmup_steps=2,
+                  weight_decay=0.1, beta1=0.8, beta2=0.95, grad_clip=0.5, eval_interval=3, eval_iters=2,
+                  log_interval=2, seed=5, device="cpu", precision="float32", compile=False)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+class _LoopData:
+    """Classification data for the hook runs, and hooks that record how they were called."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(64, 5, generator=g), torch.randint(0, 3, (64,), generator=g)
+        self.vx, self.vy = torch.randn(32, 5, generator=g), torch.randint(0, 3, (32,), generator=g)
+        self.modes = []
+
+    def batch_loss(self, net, generator, device):
+        rows = torch.randint(0, len(self.x), (3,), generator=generator)
+        return F.cross_entropy(net(self.x[rows]), self.y[rows])
+
+    def eval_loss(self, model):
+        self.modes.append((model.training, torch.is_grad_enabled()))
+        return F.cross_entropy(model(self.vx), self.vy).item()
+
+
+def _eval_ref(model, data, block_size, batch_size, iters, seed):
+    g = torch.Generator().manual_seed(seed)
+    losses = [model(*get_batch(data, block_size, batch_size, generator=g))[1] for _ in range(iters)]
+    return torch.stack(losses).float().mean().item()
+
+
+def _loop_ref(model, cfg, batch_loss, scores, until=None):
+    """The loop as the chapter writes it: evaluate before the step when due, one step, record."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = _step_optimizer(model, cfg)
+    hist = {k: [] for k in ("step", "lr", "train_loss", "grad_norm", "eval_step", "val_loss", "eval_train_loss")}
+
+    def evaluate_now(step):
+        model.eval()
+        with torch.no_grad():
+            train_est, val_est = scores(model)
+        model.train()
+        hist["eval_train_loss"].append(train_est)
+        hist["val_loss"].append(val_est)
+        hist["eval_step"].append(step)
+
+    end = cfg.max_steps if until is None else min(until, cfg.max_steps)
+    model.train()
+    for step in range(end):
+        if step % cfg.eval_interval == 0 and (step > 0 or cfg.eval_interval <= cfg.max_steps):
+            evaluate_now(step)
+        loss, norm = _reference_step(model, optimizer, lambda i: batch_loss(model, generator, "cpu"), step, cfg)
+        hist["step"].append(step)
+        hist["lr"].append(optimizer.param_groups[0]["lr"])
+        hist["train_loss"].append(loss.item())
+        hist["grad_norm"].append(norm.item())
+    if end == cfg.max_steps:
+        evaluate_now(end)
+    return hist
+
+
+def _same(a, b, tol=1e-5):
+    return len(a) == len(b) and all((math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=tol, abs_tol=tol)
+                                    for x, y in zip(a, b))
+
+
+def _compare_run(got, want, cfg, where, default_hooks):
+    for key in ("step", "lr", "train_loss", "grad_norm", "eval_step", "val_loss", "eval_train_loss"):
+        expect(isinstance(getattr(got, key, None), list), f"train must return the History; got {type(got).__name__}")
+    expect(got.step == want["step"], f"history.step is {got.step}, expected {want['step']} {where}: record every "
+                                     "step's number once")
+    if got.eval_step != want["eval_step"]:
+        end = want["step"][-1] + 1 if want["step"] else 0
+        if cfg.max_steps in want["eval_step"] and cfg.max_steps not in got.eval_step:
+            raise CheckFailed(f"evaluations at steps {got.eval_step}, expected {want['eval_step']} {where}: no "
+                              "evaluation at the end; a run that reached max_steps evaluates once more after the loop")
+        if end < cfg.max_steps and end in got.eval_step:
+            raise CheckFailed(f"evaluations at steps {got.eval_step}, expected {want['eval_step']} {where}: a run "
+                              "stopped early by until_step does not evaluate at its end, only a run that reached "
+                              "max_steps")
+        if 0 in got.eval_step and 0 not in want["eval_step"]:
+            raise CheckFailed(f"evaluations at steps {got.eval_step}, expected {want['eval_step']} {where}: "
+                              "eval_interval exceeds max_steps, which means evaluate at the end only, not at step 0")
+        raise CheckFailed(f"evaluations at steps {got.eval_step}, expected {want['eval_step']} {where}: evaluate "
+                          "before step s when s % eval_interval == 0")
+    if not _same(got.lr, want["lr"], 1e-9):
+        shifted = [_lr_ref(s + 1, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps) for s in want["step"]]
+        if _same(got.lr, shifted, 1e-9):
+            raise CheckFailed(f"history.lr is the schedule one step ahead {where}: call train_step with step, "
+                              "the step's own number counting from 0")
+        raise CheckFailed(f"history.lr is {[round(v, 6) for v in got.lr]}, the rates the steps used are "
+                          f"{[round(v, 6) for v in want['lr']]} {where}: record optimizer.param_groups[0]['lr'] "
+                          "after train_step")
+    expect(len(got.train_loss) == len(want["step"]) and len(got.grad_norm) == len(want["step"]),
+           f"history.train_loss has {len(got.train_loss)} entries for {len(want['step'])} steps {where}: queue "
+           "torch.stack([loss.float(), norm.float()]) in pending at every step (flush moves them to history)")
+    expect(_same(got.train_loss, want["train_loss"]) and _same(got.grad_norm, want["grad_norm"], 1e-4),
+           f"the training losses differ from the reference run's {where}: one train_step per step on micro_loss, "
+           "with AdamW from configure_optimizer(raw, config.lr, config.weight_decay, (config.beta1, config.beta2)) "
+           "and the batches drawn with a generator seeded with config.seed")
+    evaluated = "evaluate(raw, val_data, block_size, eval_bs, config.eval_iters, seed=config.seed + 1, ...)" \
+        if default_hooks else "float(eval_loss(raw))"
+    for i, (s, g_val, w_val) in enumerate(zip(got.eval_step, got.val_loss, want["val_loss"])):
+        expect(_same([g_val], [w_val]),
+               f"val_loss at step {s} is {g_val:.6f}, the model before step {s} scores {w_val:.6f} {where}: "
+               f"evaluate before the step with {evaluated}")
+    if default_hooks:
+        expect(_same(got.eval_train_loss, want["eval_train_loss"]),
+               f"eval_train_loss is {got.eval_train_loss}, expected {want['eval_train_loss']} {where}: the same "
+               "evaluate on train_data, with the same fixed windows (seed=config.seed + 1)")
+    else:
+        expect(len(got.eval_train_loss) == len(got.eval_step) and all(math.isnan(v) for v in got.eval_train_loss),
+               f"with the eval_loss hook there is no training estimate: record math.nan in eval_train_loss {where}")
+
+
+@exercise("6.14", "The training loop", builds="gptlib.training:train", tier="core", difficulty=3, importance=3)
+@_keeps_every_rng
+def _(candidate):
+    import tempfile
+    from pathlib import Path
+    from gptlib.model import GPT, GPTConfig
+    # 1. any nn.Module through the hooks: an evaluation every 3 steps and at the end
+    for cfg in (_loop_config(), _loop_config(eval_interval=20, max_steps=5, grad_accum_steps=1)):
+        data = _LoopData()
+        mine, ref = _StepNet(3), _StepNet(3)
+        where = f"(a 5-input classifier through batch_loss and eval_loss, max_steps={cfg.max_steps}, " \
+                f"eval_interval={cfg.eval_interval})"
+        got = candidate(mine, None, None, cfg, batch_loss=data.batch_loss, eval_loss=data.eval_loss, progress=False)
+        ref_data = _LoopData()
+        want = _loop_ref(ref, cfg, ref_data.batch_loss, lambda m: (math.nan, ref_data.eval_loss(m)))
+        expect(all(not training for training, _ in data.modes),
+               f"eval_loss ran with the model in train mode {where}: put raw in eval mode first (raw.eval()) "
+               "and back in the mode it had afterwards")
+        expect(all(not grad for _, grad in data.modes),
+               f"eval_loss ran with gradients on {where}: call it under torch.no_grad()")
+        expect(mine.training, f"the model is left in eval mode after training {where}: restore its mode after "
+                              "each evaluation")
+        _compare_run(got, want, cfg, where, default_hooks=False)
+        expect(_max_diff(mine, ref) < 1e-5, f"the trained weights differ from the reference run's {where}")
+    # 2. a GPT with the default hooks: windows of the token stream, evaluate on fixed windows
+    g = torch.Generator().manual_seed(1)
+    tokens_train, tokens_val = torch.randint(0, 11, (300,), generator=g), torch.randint(0, 11, (120,), generator=g)
+    gpt_cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    cfg = _loop_config(max_steps=5, eval_interval=2, grad_accum_steps=1, eval_batch_size=5)
+    torch.manual_seed(0)
+    mine = GPT(gpt_cfg)
+    ref = copy.deepcopy(mine)
+    where = f"(a GPT on a token stream with the default hooks, max_steps={cfg.max_steps}, eval_interval=2)"
+    got = candidate(mine, tokens_train, tokens_val, cfg, progress=False)
+
+    def scores(model):
+        return tuple(_eval_ref(model, d, 8, 5, cfg.eval_iters, cfg.seed + 1) for d in (tokens_train, tokens_val))
+    want = _loop_ref(ref, cfg, lambda net, gen, dev: net(*get_batch(tokens_train, 8, cfg.batch_size, generator=gen))[1],
+                     scores)
+    if got is not None and len(getattr(got, "train_loss", [])) == len(want["train_loss"]) \
+            and not _same(got.train_loss, want["train_loss"]):
+        raise CheckFailed(f"the training losses differ from the reference run's {where}: the default batch_loss "
+                          "returns net(x, y)[1] on draw_batch(train_data, block_size, config.batch_size, generator, "
+                          "dist_info, device)")
+    _compare_run(got, want, cfg, where, default_hooks=True)
+    # 3. stopped with until_step, then resumed from its checkpoint: the same run as without the break
+    cfg = _loop_config(max_steps=7, eval_interval=2)
+    whole_data, split_data = _LoopData(), _LoopData()
+    whole = candidate(_StepNet(4), None, None, cfg, batch_loss=whole_data.batch_loss, eval_loss=whole_data.eval_loss,
+                      progress=False)
+    where = "(a run of 7 steps stopped with until_step=3, then resumed from its checkpoint)"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt.pt"
+        first = candidate(_StepNet(4), None, None, cfg, batch_loss=split_data.batch_loss,
+                          eval_loss=split_data.eval_loss, checkpoint_path=path, until_step=3, progress=False)
+        expect(first.step == [0, 1, 2], f"with until_step=3 the run took the steps {first.step} {where}: stop "
+                                        "before step until_step (the schedule still ends at max_steps)")
+        expect(3 not in first.eval_step, f"the first part evaluated at {first.eval_step}, expected [0, 2] {where}: "
+                                         "a run stopped early by until_step does not evaluate at its end, only a "
+                                         "run that reached max_steps")
+        expect(first.eval_step == [0, 2], f"the first part evaluated at {first.eval_step}, expected [0, 2] {where}")
+        rest = candidate(_StepNet(9), None, None, cfg, batch_loss=split_data.batch_loss,
+                         eval_loss=split_data.eval_loss, resume_from=path, progress=False)
+    expect(rest.step == whole.step, f"the resumed run's history.step is {rest.step}, expected {whole.step} {where}: "
+                                    "continue at payload['step'] with the saved history, "
+                                    "History.from_dict(payload['history'])")
+    expect(rest.train_loss == whole.train_loss and rest.val_loss == whole.val_loss,
+           f"the resumed run's losses differ from the uninterrupted run's {where}")
+
+
+# ---- 6.15 stretch: a loss target within a step budget ----------------------------------------
 
 BUDGET_STEPS, BUDGET_TARGET = 40, 0.88
 
@@ -711,7 +994,7 @@ def loss_after_budget(lr: float, warmup_steps: int, seed: int = 0) -> float:
         return model(val[:n].view(-1, 16), val[1:n + 1].view(-1, 16))[1].item()
 
 
-@exercise("6.11", f"Reach {BUDGET_TARGET} nats in {BUDGET_STEPS} steps", tier="stretch", difficulty=2, importance=2)
+@exercise("6.15", f"Reach {BUDGET_TARGET} nats in {BUDGET_STEPS} steps", tier="stretch", difficulty=2, importance=2)
 @_own_rng
 def _(candidate):
     settings = candidate()
