@@ -112,3 +112,36 @@ def test_every_notebook_and_page_is_in_the_toc():
         assert f"book/{page.stem}" in files, f"book/{page.name} is missing from _toc.yml"
     for f in files:
         assert any((ROOT / f"{f}{ext}").exists() for ext in (".md", ".ipynb")), f"{f} does not exist"
+
+
+_TIME = re.compile(r"\*\*Time estimate\*\*: about (\d+) h(?: (\d+) min)? in all")
+_ROW = re.compile(r"^\| (\d) [^|]+\|[^|]*\| (\d+) h(?: (\d+) min)? \|", re.M)
+
+
+def test_time_estimates_are_stated_once_and_agree_with_the_instructor_guide():
+    guide = {int(c): int(h) * 60 + int(m or 0)
+             for c, h, m in _ROW.findall((ROOT / "book" / "instructors.md").read_text())}
+    for path in CHAPTERS:
+        text = "\n".join(c.source for c in _nb(path).cells if c.cell_type == "markdown")
+        stated = _TIME.findall(text)
+        assert len(stated) == 1, f"{path.name}: state the time once, as '**Time estimate**: about N h M min in all'"
+        h, m = stated[0]
+        assert guide.get(int(path.name[:2])) == int(h) * 60 + int(m or 0), (
+            f"{path.name} says {h} h {m or 0} min, book/instructors.md says {guide.get(int(path.name[:2]))} min")
+
+
+_EXERCISE_TITLE = re.compile(r"^:::\{exercise\} Exercise (\d+\.\d+) · (.+?) · (warm-up|core|stretch) · "
+                             r"difficulty ([★☆]{3}) · importance ([★☆]{3})\s*$", re.M)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
+def test_exercise_titles_carry_the_checks_id_tier_and_ratings(path):
+    text = "\n".join(c.source for c in _nb(path).cells if c.cell_type == "markdown")
+    assert text.count(":::{exercise}") == len(_EXERCISE_TITLE.findall(text)), (
+        f"{path.name}: every exercise title reads 'Exercise N.M · title · tier · difficulty ★★☆ · "
+        "importance ★★★'")
+    registry = exercises.registry()
+    for ex_id, title, tier, difficulty, importance in _EXERCISE_TITLE.findall(text):
+        spec = registry[ex_id]
+        assert (tier, difficulty.count("★"), importance.count("★")) == (
+            spec.tier, spec.difficulty, spec.importance), f"{path.name} {ex_id}: title and check disagree"
