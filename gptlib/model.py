@@ -183,6 +183,12 @@ class GPT(nn.Module):
                                ignore_index=IGNORE_INDEX)
         return logits, loss
 
+    def next_token_logits(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+        """Logits (B, vocab_size) of the token that follows ``idx``: the LM head applied to the
+        last position only. Generation needs nothing else, and a full ``forward`` would spend a
+        (T, vocab_size) matrix product per step on logits it throws away."""
+        return self.lm_head(self.hidden_states(idx, cache)[:, -1])
+
     def num_parameters(self, non_embedding: bool = False) -> int:
         """The number of parameters (the tied LM head is counted once). ``non_embedding=True``
         leaves out the token and position embeddings, as Kaplan et al. count model size."""

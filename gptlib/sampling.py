@@ -199,8 +199,8 @@ def _generate_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
         for step in range(max_new_tokens):
             feed = idx[:, -block_size:] if cache is None else cache.next_input(idx)
             with torch.no_grad():
-                logits, _ = model(feed, cache=cache)
-            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator).view(-1)
+                logits = model.next_token_logits(feed, cache=cache)   # (B, vocab): last position
+            nxt = sample_next(logits, temperature, top_k, top_p, generator).view(-1)
             if stops is not None:
                 nxt = torch.where(done, repeat, nxt)        # finished rows repeat their stop token
                 hit = torch.isin(nxt, stops) & ~done

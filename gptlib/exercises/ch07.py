@@ -536,16 +536,20 @@ def _expected_feeds(prompt_len: int, n: int, bs: int) -> list[int]:
 
 
 class _FeedCounter:
-    """Records how many tokens each forward pass of ``model`` gets, and whether a cache came too."""
+    """Records how many tokens each pass of ``model`` gets, and whether a cache came too.
+
+    It wraps the model's ``hidden_states``, which every way of running the model goes through
+    (``forward`` and ``next_token_logits`` alike)."""
 
     def __init__(self, model):
-        self.sizes, self.cached = [], []
-        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.sizes, self.cached, self.model = [], [], model
+        original = model.hidden_states
 
-    def _hook(self, module, args, kwargs):
-        idx = args[0] if args else kwargs.get("idx")
-        self.sizes.append(int(idx.size(1)))
-        self.cached.append((args[2] if len(args) > 2 else kwargs.get("cache")) is not None)
+        def counting(idx, cache=None):
+            self.sizes.append(int(idx.size(1)))
+            self.cached.append(cache is not None)
+            return original(idx, cache)
+        model.hidden_states = counting
 
     def expect_prefix(self, want: list[int], what: str, how: str) -> None:
         """The feeds so far agree with ``want`` (a run that broke off may have fewer)."""
@@ -556,7 +560,7 @@ class _FeedCounter:
         return self
 
     def __exit__(self, *exc):
-        self.handle.remove()
+        del self.model.hidden_states          # the class's own method again
 
 
 @exercise("7.8", "The cache's bookkeeping", builds="gptlib.sampling:KVCache", tier="core",
