@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 
 import nbformat
 
 from tools import ROOT
-from tools.export import chapter_notebooks, module_sections
+from tools.export import DIRECTIVE, chapter_notebooks, module_sections
+from tools.student import BEGIN_RE, END_RE
 
-_BEGIN = re.compile(r"^\s*### BEGIN SOLUTION\s*$")
-_END = re.compile(r"^\s*### END SOLUTION\s*$")
-_DIRECTIVE = re.compile(r"^\s*#\|")
 
 __all__ = ["ChapterStats", "chapter_stats", "all_stats"]
 
@@ -45,13 +42,13 @@ def _count(source: str) -> tuple[int, int]:
     exported = learner = 0
     inside = False
     for line in source.splitlines():
-        if _BEGIN.match(line):
+        if BEGIN_RE.match(line):
             inside = True
             continue
-        if _END.match(line):
+        if END_RE.match(line):
             inside = False
             continue
-        if not line.strip() or _DIRECTIVE.match(line):
+        if not line.strip() or DIRECTIVE.match(line):
             continue
         exported += 1
         learner += inside

@@ -25,7 +25,9 @@ from pathlib import Path
 import nbformat
 
 from tools import ROOT
-_DIRECTIVE = re.compile(r"^\s*#\|\s*(\w+)(.*)$")
+from tools.student import BEGIN_RE, END_RE
+
+DIRECTIVE = re.compile(r"^\s*#\|\s*(\w+)(.*)$")
 
 __all__ = ["chapter_notebooks", "module_sections", "module_docstring", "without_solution_markers",
            "export_notebook", "export_all", "out_of_sync"]
@@ -39,7 +41,7 @@ def chapter_notebooks(root: Path = ROOT) -> list[Path]:
 def _directives(cell) -> list[tuple[str, str]]:
     found = []
     for line in cell.source.splitlines():
-        m = _DIRECTIVE.match(line)
+        m = DIRECTIVE.match(line)
         if not m:
             if line.strip():
                 break
@@ -71,7 +73,7 @@ def module_sections(nb) -> dict[str, list[int]]:
 
 def _code_without_directives(cell) -> str:
     lines = cell.source.splitlines()
-    while lines and (_DIRECTIVE.match(lines[0]) or not lines[0].strip()):
+    while lines and (DIRECTIVE.match(lines[0]) or not lines[0].strip()):
         lines.pop(0)
     return "\n".join(lines).strip()
 
@@ -89,13 +91,11 @@ def module_docstring(cell) -> str | None:
     return None
 
 
-_SOLUTION_MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
-
-
 def without_solution_markers(source: str) -> str:
     """``source`` without its ``### BEGIN SOLUTION`` / ``### END SOLUTION`` lines: an exported
     cell that the learner writes keeps its solution, but the markers never reach the module."""
-    return "".join(line for line in source.splitlines(keepends=True) if not _SOLUTION_MARKER.match(line))
+    return "".join(line for line in source.splitlines(keepends=True)
+                   if not (BEGIN_RE.match(line) or END_RE.match(line)))
 
 
 def _with_docstring(text: str, docstring: str) -> str:

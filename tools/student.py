@@ -22,8 +22,10 @@ import nbformat
 from tools import ROOT
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
-_BEGIN_RE = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
-_END_RE = re.compile(r"^\s*### END SOLUTION\s*$")
+# The marker lines, matched here once for all the tooling (export drops them, build_track counts
+# what lies between them). BEGIN_RE captures the indentation the placeholder takes.
+BEGIN_RE = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
+END_RE = re.compile(r"^\s*### END SOLUTION\s*$")
 _FOLD_TAGS = {"hide-input", "hide-cell", "remove-input"}
 
 __all__ = ["strip_solutions", "solution_blocks", "refill_solutions", "student_notebook",
@@ -35,14 +37,14 @@ def strip_solutions(source: str, placeholder: str = PLACEHOLDER) -> str:
     """Replace every solution block in ``source`` with ``placeholder`` (same indentation)."""
     out, inside = [], False
     for lineno, line in enumerate(source.splitlines(), 1):
-        begin = _BEGIN_RE.match(line)
+        begin = BEGIN_RE.match(line)
         if begin:
             if inside:
                 raise ValueError(f"line {lineno}: {BEGIN} inside another solution block")
             inside = True
             out.append(begin.group(1) + placeholder)
             continue
-        if _END_RE.match(line):
+        if END_RE.match(line):
             if not inside:
                 raise ValueError(f"line {lineno}: {END} without a {BEGIN}")
             inside = False
@@ -58,11 +60,11 @@ def solution_blocks(source: str) -> list[list[str]]:
     """The lines of each solution block in ``source``, markers included, in order."""
     blocks, current = [], None
     for line in source.splitlines():
-        if _BEGIN_RE.match(line):
+        if BEGIN_RE.match(line):
             current = [line]
         elif current is not None:
             current.append(line)
-            if _END_RE.match(line):
+            if END_RE.match(line):
                 blocks.append(current)
                 current = None
     return blocks
