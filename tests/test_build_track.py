@@ -58,8 +58,6 @@ def test_every_builds_target_exists():
 def test_student_notebooks_refilled_with_the_solutions_export_the_committed_modules(tmp_path):
     """The round trip of the build track: a learner who solves every exercise as the reference
     does, and runs `make export`, gets byte-for-byte the gptlib the course ships."""
-    import shutil
-
     import nbformat
 
     from tools import ROOT, export, student
@@ -80,7 +78,6 @@ def test_student_notebooks_refilled_with_the_solutions_export_the_committed_modu
             assert module.read_bytes() == committed.read_bytes(), f"{committed} differs"
             exported += 1
     assert exported >= 12
-    shutil.rmtree(tmp_path)
 
 
 def test_strip_and_refill_keep_a_trailing_newline():
@@ -125,7 +122,6 @@ def test_a_wrong_component_in_a_learners_gptlib_is_named_with_its_chapter_and_ex
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode != 0
-    message = out.stderr.splitlines()[-1] if out.stderr else ""
     assert "PackageCheckFailed" in out.stderr, out.stderr[-2000:]
     assert "gptlib.block.Block (Chapter 5, Exercise 5.4" in out.stderr, out.stderr[-2000:]
-    assert "Chapter 4" not in out.stderr and message
+    assert "Chapter 4" not in out.stderr
