@@ -125,3 +125,26 @@ def test_a_wrong_component_in_a_learners_gptlib_is_named_with_its_chapter_and_ex
     assert "PackageCheckFailed" in out.stderr, out.stderr[-2000:]
     assert "gptlib.block.Block (Chapter 5, Exercise 5.4" in out.stderr, out.stderr[-2000:]
     assert "Chapter 4" not in out.stderr
+
+
+def test_a_check_leaves_the_learners_random_state_alone(monkeypatch):
+    """Every check runs with Python's, NumPy's and torch's global random states kept, so a check
+    cell never changes the numbers of the notebook cells after it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    def draws_everywhere(candidate):
+        torch.manual_seed(0), random.seed(0), np.random.seed(0)
+        torch.rand(3), random.random(), np.random.rand()
+        expect(candidate(), "the candidate returns True")
+
+    exercises.registry()
+    monkeypatch.setitem(exercises._REGISTRY, "99.2", Exercise("99.2", "Draws", draws_everywhere))
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    for candidate in (lambda: True, lambda: False, lambda: 1 / 0):
+        exercises.run_check("99.2", candidate)
+    assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()
+    assert (before[2] == np.random.get_state()[1]).all()

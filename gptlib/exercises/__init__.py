@@ -22,10 +22,12 @@ When ``GPTLIB_GRADE_LOG`` names a file, each verdict is also appended to it as a
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import pkgutil
+import random
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -127,15 +129,31 @@ def registry() -> dict[str, Exercise]:
     return dict(sorted(_REGISTRY.items(), key=lambda kv: [int(x) for x in kv[0].split(".")]))
 
 
+@contextlib.contextmanager
+def _random_state_kept():
+    """Python's, NumPy's and torch's (CPU) global random states as they were before: a check may
+    seed and draw (small models, dropout) without changing the numbers of the cells after it."""
+    import numpy as np
+    import torch
+    saved = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
 def run_check(exercise_id: str, candidate: Any) -> CheckResult:
-    """Run one check silently and return its result."""
+    """Run one check silently, with the learner's random state kept, and return its result."""
     exercises = registry()
     if exercise_id not in exercises:
         raise KeyError(f"no exercise {exercise_id!r}; known: {', '.join(exercises)}")
     if candidate is None:
         return CheckResult(exercise_id, "not done", "nothing was given to check")
     try:
-        exercises[exercise_id].func(candidate)
+        with _random_state_kept():
+            exercises[exercise_id].func(candidate)
     except NotImplementedError:
         return CheckResult(exercise_id, "not done", "replace `raise NotImplementedError` with your code")
     except CheckFailed as fail:

@@ -32,16 +32,6 @@ def _shape(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _keeps_rng(check):
-    """Run ``check`` with the global RNG forked: a check seeds and draws (layer initialisation,
-    dropout) without changing the random numbers of the notebook cells that follow it."""
-    def run(candidate):
-        with torch.random.fork_rng(devices=[]):
-            return check(candidate)
-    run.__doc__, run.__name__ = check.__doc__, check.__name__
-    return run
-
-
 def _diagnose(got: torch.Tensor, mistakes: dict[str, Callable[[], torch.Tensor]],
               generic: str) -> None:
     """Raise CheckFailed naming the first known mistake that reproduces ``got``."""
@@ -163,7 +153,6 @@ def _(attention_weights):
 @exercise("4.2", "Scaled dot-product attention with dropout",
           builds="gptlib.attention:scaled_dot_product_attention", tier="warm-up", difficulty=1,
           importance=2)
-@_keeps_rng
 def _(scaled_dot_product_attention):
     g = torch.Generator().manual_seed(42)
     cases = [((2, 3, 5, 16), (2, 3, 7, 16), (2, 3, 7, 4), None),
@@ -421,7 +410,6 @@ def _diagnose_layer(got, layer, x, n_head, generic):
 
 @exercise("4.7", "Multi-head causal self-attention", builds="gptlib.attention:CausalSelfAttention",
           tier="core", difficulty=3, importance=3)
-@_keeps_rng
 def _(CausalSelfAttention):
     torch.manual_seed(47)
     g = torch.Generator().manual_seed(47)
@@ -518,7 +506,6 @@ _VOCAB, _BLOCK = 11, 8
 
 @exercise("4.8", "Find the three bugs in a naive decoder", tier="stretch", difficulty=3,
           importance=2)
-@_keeps_rng
 def _(Decoder):
     """Measured on the learner's decoder class ``Decoder(vocab_size, block_size, n_embd, n_head)``,
     whose forward maps idx (B, T) to logits (B, T, vocab_size)."""

@@ -33,16 +33,6 @@ def _shape(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _keeps_rng(check):
-    """Run ``check`` with the global RNG forked: a check seeds and draws (initialisation) without
-    changing the random numbers of the notebook cells that follow it."""
-    def run(candidate):
-        with torch.random.fork_rng(devices=[]):
-            return check(candidate)
-    run.__doc__, run.__name__ = check.__doc__, check.__name__
-    return run
-
-
 @torch.no_grad()
 def _randomise(module: nn.Module, scale: float = 0.3, seed: int = 0) -> None:
     """Every parameter matters: gains in [0.5, 1.5], everything else N(0, scale^2)."""
@@ -112,7 +102,6 @@ _LN_HINTS = {
 
 @exercise("5.1", "LayerNorm, written out", builds="gptlib.block:LayerNorm", tier="core",
           difficulty=2, importance=3)
-@_keeps_rng
 def _(LayerNorm):
     ln = LayerNorm(8, fused=False)
     params = dict(ln.named_parameters())
@@ -186,7 +175,6 @@ def _gelu_variants(x):
 
 @exercise("5.2", "GELU, tanh form", builds="gptlib.block:GELU", tier="warm-up", difficulty=1,
           importance=2)
-@_keeps_rng
 def _(GELU):
     gelu = GELU(fused=False)
     g = torch.Generator().manual_seed(52)
@@ -209,7 +197,6 @@ def _(GELU):
 
 # --------------------------------------------------------------------------- 5.3 MLP
 @exercise("5.3", "The MLP", builds="gptlib.block:MLP", tier="warm-up", difficulty=1, importance=2)
-@_keeps_rng
 def _(MLP):
     torch.manual_seed(53)
     for C, expansion, bias, p in ((8, 4, True, 0.0), (12, 2, False, 0.5), (16, 4, True, 0.1)):
@@ -398,14 +385,12 @@ def _check_block(cls, name: str, wiring: str) -> None:
 
 @exercise("5.4", "The Pre-LN block", builds="gptlib.block:Block", tier="core", difficulty=2,
           importance=3)
-@_keeps_rng
 def _(Block):
     _check_block(Block, "Block", "pre_ln")
 
 
 @exercise("5.5", "The Post-LN block", builds="gptlib.block:PostLNBlock", tier="warm-up",
           difficulty=1, importance=2)
-@_keeps_rng
 def _(PostLNBlock):
     _check_block(PostLNBlock, "PostLNBlock", "post_ln")
 
@@ -499,7 +484,6 @@ def _assembly(GPT) -> None:
 
 @exercise("5.6", "Assemble the GPT and tie the head", builds="gptlib.model:GPT", tier="core",
           difficulty=2, importance=3)
-@_keeps_rng
 def _(GPT):
     _assembly(GPT)
 
@@ -555,7 +539,6 @@ def _initialisation(GPT) -> None:
 
 @exercise("5.7", "GPT-2's initialisation", builds="gptlib.model:GPT", tier="core", difficulty=2,
           importance=2)
-@_keeps_rng
 def _(GPT):
     _initialisation(GPT)
 
@@ -734,7 +717,6 @@ def _positions_from_zero(sd, idx, a, b, n_head):
 
 @exercise("5.8", "The forward pass and the loss", builds="gptlib.model:GPT", tier="core",
           difficulty=3, importance=3)
-@_keeps_rng
 def _(GPT):
     _forward(GPT)
 
@@ -822,7 +804,6 @@ def _conversion_problem(out: dict, want: dict, layout: str) -> str | None:
 
 @exercise("5.9", "Convert Hugging Face's GPT-2 weights", builds="gptlib.model:convert_hf_state_dict",
           tier="core", difficulty=2, importance=2)
-@_keeps_rng
 def _(convert_hf_state_dict):
     layouts = [
         ("GPT2LMHeadModel keys (transformer.h.0..., lm_head.weight, attn.bias buffers)",
@@ -903,7 +884,6 @@ def _as_floats(values, n, where):
 
 @exercise("5.11", "How fast does the residual stream grow?", tier="stretch", difficulty=2,
           importance=2)
-@_keeps_rng
 def _(residual_stds):
     from gptlib.model import GPT, GPTConfig
 

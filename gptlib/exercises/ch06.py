@@ -10,7 +10,6 @@ gptlib.training's functions: a learner's exported code is never compared with it
 from __future__ import annotations
 
 import copy
-import functools
 import io
 import math
 import random
@@ -25,16 +24,6 @@ from gptlib.data import get_batch, iter_batches
 from gptlib.exercises import CheckFailed, exercise, expect
 
 
-def _own_rng(check):
-    """Run ``check`` on a fork of torch's random state: building its small models draws from the
-    global generator, and a check must leave the learner's notebook where it was."""
-    @functools.wraps(check)
-    def run(candidate):
-        with torch.random.fork_rng(devices=[]):
-            return check(candidate)
-    return run
-
-
 def _close(a, b, tol: float = 1e-9) -> bool:
     return isinstance(a, (int, float)) and math.isclose(float(a), b, rel_tol=tol, abs_tol=tol)
 
@@ -43,7 +32,6 @@ def _close(a, b, tol: float = 1e-9) -> bool:
 
 @exercise("6.1", "Perplexity from a loss", builds="gptlib.training:perplexity",
           tier="warm-up", difficulty=1, importance=2)
-@_own_rng
 def _(candidate):
     for loss in (math.log(65), 0.0, 1.0, 2.5, 0.3):
         got = candidate(loss)
@@ -65,7 +53,6 @@ def _(candidate):
 
 @exercise("6.2", "Bits per character from a loss", builds="gptlib.training:bits_per_char",
           tier="warm-up", difficulty=1, importance=2)
-@_own_rng
 def _(candidate):
     cases = [(1.5, 1000, 1000), (3.2, 250, 1000), (0.7, 400, 300)]
     for loss, n_tok, n_chr in cases:
@@ -110,7 +97,6 @@ class _Tiny(nn.Module):
 
 @exercise("6.3", "Parameter groups for weight decay", builds="gptlib.training:param_groups",
           tier="core", difficulty=2, importance=3)
-@_own_rng
 def _(candidate):
     for wd in (0.1, 0.3):
         model = _Tiny()
@@ -149,7 +135,6 @@ def _(candidate):
 
 @exercise("6.4", "AdamW over the two groups", builds="gptlib.training:configure_optimizer",
           tier="warm-up", difficulty=1, importance=2)
-@_own_rng
 def _(candidate):
     settings = [dict(lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device_type=None),
                 dict(lr=1e-2, weight_decay=0.3, betas=(0.8, 0.99), eps=1e-6, device_type="cpu"),
@@ -195,7 +180,6 @@ def _lr_ref(step, hi, lo, warmup, total):
 
 @exercise("6.5", "Warmup then cosine learning rate", builds="gptlib.training:lr_at",
           tier="core", difficulty=2, importance=3)
-@_own_rng
 def _(candidate):
     settings = [dict(max_lr=6e-4, min_lr=6e-5, warmup_steps=10, max_steps=100),
                 dict(max_lr=1e-3, min_lr=1e-4, warmup_steps=4, max_steps=20)]
@@ -300,7 +284,6 @@ def _max_diff(a: nn.Module, b: nn.Module) -> float:
 
 @exercise("6.6", "One optimizer step", builds="gptlib.training:train_step",
           tier="core", difficulty=3, importance=3)
-@_own_rng
 def _(candidate):
     from gptlib.training import TrainConfig   # the run's settings: a plain dataclass
     base = TrainConfig(max_steps=50, warmup_steps=10, lr=1e-2, min_lr=1e-3, weight_decay=0.1,
@@ -427,7 +410,6 @@ def _mode_checks(candidate_call, model, name):
 
 @exercise("6.7", "Estimate the loss on fixed batches", builds="gptlib.training:evaluate",
           tier="core", difficulty=2, importance=3)
-@_own_rng
 def _(candidate):
     for block, batch, iters, seed, n in ((4, 3, 3, 0, 200), (6, 2, 5, 7, 150)):
         model, data = _EvalLM(seed=seed), _eval_data(n, seed=seed)
@@ -462,7 +444,6 @@ def _(candidate):
 
 @exercise("6.8", "Score every token once", builds="gptlib.training:evaluate_full",
           tier="core", difficulty=2, importance=2)
-@_own_rng
 def _(candidate):
     for block, batch, n in ((4, 3, 4 * 7 + 3), (5, 4, 5 * 10 + 1), (3, 8, 3 * 4 + 2)):
         model, data = _EvalLM(seed=n), _eval_data(n, seed=n)
@@ -548,22 +529,8 @@ def _weights_only_roundtrip(obj):
     return torch.load(buffer, weights_only=True)
 
 
-def _keeps_every_rng(check):
-    """:func:`_own_rng`, and Python's and NumPy's global generators left as the learner had them."""
-    @functools.wraps(check)
-    def run(candidate):
-        saved = (random.getstate(), np.random.get_state())
-        try:
-            return _own_rng(check)(candidate)
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-    return run
-
-
 @exercise("6.9", "Capture every random state", builds="gptlib.checkpoint:_rng_state",
           tier="core", difficulty=2, importance=2)
-@_keeps_every_rng
 def _(candidate):
     for generator in (torch.Generator().manual_seed(3), None):
         state = candidate(generator)
@@ -589,7 +556,6 @@ def _(candidate):
 
 @exercise("6.10", "Restore every random state", builds="gptlib.checkpoint:_set_rng_state",
           tier="core", difficulty=2, importance=2)
-@_keeps_every_rng
 def _(candidate):
     for generator in (torch.Generator().manual_seed(5), None):
         state = _weights_only_roundtrip(_capture_ref(generator))
@@ -638,7 +604,6 @@ def _noisy_steps(model, optimizer, generator, steps, data):
 
 @exercise("6.11", "What a checkpoint holds", builds="gptlib.checkpoint:save_checkpoint",
           tier="core", difficulty=2, importance=3)
-@_keeps_every_rng
 def _(candidate):
     import tempfile
     from pathlib import Path
@@ -697,7 +662,6 @@ def _(candidate):
 
 @exercise("6.12", "The best evaluation so far", builds="gptlib.training:History",
           tier="warm-up", difficulty=1, importance=2)
-@_own_rng
 def _(candidate):
     empty = candidate()
     try:
@@ -731,7 +695,6 @@ def _(candidate):
 
 @exercise("6.13", "Each process's slice of one global batch", builds="gptlib.training:draw_batch",
           tier="core", difficulty=2, importance=1)
-@_own_rng
 def _(candidate):
     from gptlib.training import DistInfo   # where a process sits: a plain dataclass
     data = torch.arange(500)
@@ -880,7 +843,6 @@ def _compare_run(got, want, cfg, where, default_hooks):
 
 
 @exercise("6.14", "The training loop", builds="gptlib.training:train", tier="core", difficulty=3, importance=3)
-@_keeps_every_rng
 def _(candidate):
     import tempfile
     from pathlib import Path
@@ -995,7 +957,6 @@ def loss_after_budget(lr: float, warmup_steps: int, seed: int = 0) -> float:
 
 
 @exercise("6.15", f"Reach {BUDGET_TARGET} nats in {BUDGET_STEPS} steps", tier="stretch", difficulty=2, importance=2)
-@_own_rng
 def _(candidate):
     settings = candidate()
     expect(isinstance(settings, dict) and set(settings) == {"lr", "warmup_steps"},

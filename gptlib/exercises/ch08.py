@@ -10,7 +10,6 @@ shows it before it names a fix.
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn as nn
