@@ -49,6 +49,7 @@ class Exercise:
     tier: str = "core"          # "warm-up", "core" or "stretch"
     difficulty: int = 2         # 1 (a few lines) .. 3 (think hard)
     importance: int = 2         # 1 (nice to know) .. 3 (the heart of the chapter)
+    forbids: tuple[str, ...] = ()  # calls the solution must not make, e.g. "F.layer_norm"
 
     @property
     def chapter(self) -> int:
@@ -88,7 +89,7 @@ TIERS = ("warm-up", "core", "stretch")
 
 
 def exercise(exercise_id: str, title: str, builds: str | None = None, *, tier: str = "core",
-             difficulty: int = 2, importance: int = 2):
+             difficulty: int = 2, importance: int = 2, forbids: tuple[str, ...] = ()):
     """Decorator that registers a check function under ``exercise_id`` (e.g. ``"1.2"``).
 
     ``builds`` names the gptlib component the exercise writes (``"gptlib.attention:
@@ -97,7 +98,10 @@ def exercise(exercise_id: str, title: str, builds: str | None = None, *, tier: s
     that same gptlib component (a learner's own export would pass against itself): it compares
     with PyTorch's own operations, an external reference (tiktoken, Hugging Face) or a private
     reference kept in ``gptlib/exercises/``. ``tier`` (warm-up, core, stretch), ``difficulty`` and
-    ``importance`` (1 to 3 each) are shown to the learner and counted per chapter.
+    ``importance`` (1 to 3 each) are shown to the learner and counted per chapter. ``forbids``
+    names the calls the exercise rules out, as the learner would write them (``"F.layer_norm"``,
+    ``"torch.nn.functional.scaled_dot_product_attention"``): the grader flags a solution that
+    makes one.
     """
     if tier not in TIERS or difficulty not in (1, 2, 3) or importance not in (1, 2, 3):
         raise ValueError(f"exercise {exercise_id}: tier must be one of {TIERS}, difficulty and "
@@ -107,7 +111,7 @@ def exercise(exercise_id: str, title: str, builds: str | None = None, *, tier: s
         if exercise_id in _REGISTRY and _REGISTRY[exercise_id].func.__module__ != func.__module__:
             raise ValueError(f"exercise {exercise_id} is registered twice")
         _REGISTRY[exercise_id] = Exercise(exercise_id, title, func, builds, tier, difficulty,
-                                          importance)
+                                          importance, tuple(forbids))
         return func
     return register
 
