@@ -149,3 +149,35 @@ def test_search_finds_attention(server, browser):
             break
         time.sleep(0.5)
     assert results, "the search page found nothing for 'attention'"
+
+
+def _math_pages() -> list[str]:
+    """The table-of-contents pages whose source has display or inline TeX."""
+    pages = []
+    for page in toc_files():
+        source = next((ROOT / f"{page}{ext}" for ext in (".ipynb", ".md")
+                       if (ROOT / f"{page}{ext}").exists()), None)
+        if source is not None and "$$" in source.read_text(encoding="utf-8"):
+            pages.append(page)
+    return pages
+
+
+@pytest.mark.parametrize("page", _math_pages())
+def test_math_is_typeset_by_the_books_own_mathjax(server, browser, page):
+    """Formulas render with the MathJax the book carries (tools/offline_mathjax.py), not a CDN:
+    the test machine has no internet, so typeset math here proves an offline reader gets it."""
+    _open(browser, f"{server}/{page}.html")
+    scripts = browser.execute_script(
+        "return [...document.scripts].map(s => s.src).filter(s => s.toLowerCase().includes('mathjax'))")
+    assert scripts and all(s.startswith(server) for s in scripts), \
+        f"{page}: MathJax should come from the book itself, got {scripts}"
+    deadline = time.time() + 20
+    typeset = 0
+    while time.time() < deadline and not typeset:
+        typeset = browser.execute_script("return document.querySelectorAll('mjx-container svg').length")
+        time.sleep(0.3)
+    assert typeset, f"{page}: no formula was typeset"
+    raw = browser.execute_script(
+        "return [...document.querySelectorAll('div.math')].filter(d => !d.querySelector('mjx-container'))"
+        ".map(d => d.textContent.trim().slice(0, 60))")
+    assert not raw, f"{page}: formulas left as raw TeX: {raw}"
