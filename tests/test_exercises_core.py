@@ -1,5 +1,4 @@
-"""The exercise machinery itself: verdicts, hints, not-done, crash handling, grade log."""
-import json
+"""The exercise machinery itself: verdicts, hints, not-done, crash handling, the grader's seed salt."""
 
 import pytest
 
@@ -44,14 +43,12 @@ def test_unknown_exercise_is_a_clear_error():
         run_check("0.0", print)
 
 
-def test_grade_log(toy, tmp_path, monkeypatch):
-    log = tmp_path / "log.jsonl"
-    monkeypatch.setenv("GPTLIB_GRADE_LOG", str(log))
-    check(toy, lambda x: 2 * x)
-    check(toy, lambda x: 3 * x)
-    entries = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [e["status"] for e in entries] == ["passed", "failed"]
-    assert all(e["exercise"] == "99.1" for e in entries)
+def test_case_seed_is_the_seed_in_a_notebook_and_another_under_the_grader(monkeypatch):
+    monkeypatch.delenv("GPTLIB_CHECK_SALT", raising=False)
+    assert exercises.case_seed(3) == 3
+    monkeypatch.setenv("GPTLIB_CHECK_SALT", "12345")
+    salted = exercises.case_seed(3)
+    assert salted != 3 and salted == exercises.case_seed(3) and salted != exercises.case_seed(4)
 
 
 def test_registry_ids_are_chapter_numbered():

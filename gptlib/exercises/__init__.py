@@ -17,14 +17,15 @@ a printed verdict and returns a :class:`CheckResult`:
 * ``not done`` the candidate raised ``NotImplementedError`` (a student notebook's placeholder);
 * ``error``   the candidate crashed; the exception is shown.
 
-When ``GPTLIB_GRADE_LOG`` names a file, each verdict is also appended to it as a JSON line;
-``python -m tools.grade`` (``make grade``) uses that to build a gradebook.
+Grading (``python -m tools.grade``, ``make grade``) does not read what a notebook prints: it takes
+the graded functions out of the submission and runs these same checks in a process of its own,
+with ``GPTLIB_CHECK_SALT`` set. A check that draws its inputs from seeds written as
+``case_seed(n)`` then gets cases the notebook never saw (the same ``n`` in the notebook).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import pkgutil
 import random
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 __all__ = ["check", "build", "check_package", "exercise", "expect", "CheckFailed", "CheckResult",
-           "registry", "run_check"]
+           "registry", "run_check", "case_seed"]
 
 
 class CheckFailed(AssertionError):
@@ -50,6 +51,7 @@ class Exercise:
     difficulty: int = 2         # 1 (a few lines) .. 3 (think hard)
     importance: int = 2         # 1 (nice to know) .. 3 (the heart of the chapter)
     forbids: tuple[str, ...] = ()  # calls the solution must not make, e.g. "F.layer_norm"
+    time_limit: float | None = None  # seconds the grader allows this check (None: its default)
 
     @property
     def chapter(self) -> int:
@@ -89,7 +91,8 @@ TIERS = ("warm-up", "core", "stretch")
 
 
 def exercise(exercise_id: str, title: str, builds: str | None = None, *, tier: str = "core",
-             difficulty: int = 2, importance: int = 2, forbids: tuple[str, ...] = ()):
+             difficulty: int = 2, importance: int = 2, forbids: tuple[str, ...] = (),
+             time_limit: float | None = None):
     """Decorator that registers a check function under ``exercise_id`` (e.g. ``"1.2"``).
 
     ``builds`` names the gptlib component the exercise writes (``"gptlib.attention:
@@ -100,8 +103,9 @@ def exercise(exercise_id: str, title: str, builds: str | None = None, *, tier: s
     reference kept in ``gptlib/exercises/``. ``tier`` (warm-up, core, stretch), ``difficulty`` and
     ``importance`` (1 to 3 each) are shown to the learner and counted per chapter. ``forbids``
     names the calls the exercise rules out, as the learner would write them (``"F.layer_norm"``,
-    ``"torch.nn.functional.scaled_dot_product_attention"``): the grader flags a solution that
-    makes one.
+    ``"torch.nn.functional.scaled_dot_product_attention"``; ``".softmax"`` for a method of that name
+    on anything): the grader flags a solution that makes one. ``time_limit`` (seconds) raises the
+    grader's default limit for a check that needs longer (a small training run).
     """
     if tier not in TIERS or difficulty not in (1, 2, 3) or importance not in (1, 2, 3):
         raise ValueError(f"exercise {exercise_id}: tier must be one of {TIERS}, difficulty and "
@@ -111,7 +115,7 @@ def exercise(exercise_id: str, title: str, builds: str | None = None, *, tier: s
         if exercise_id in _REGISTRY and _REGISTRY[exercise_id].func.__module__ != func.__module__:
             raise ValueError(f"exercise {exercise_id} is registered twice")
         _REGISTRY[exercise_id] = Exercise(exercise_id, title, func, builds, tier, difficulty,
-                                          importance, tuple(forbids))
+                                          importance, tuple(forbids), time_limit)
         return func
     return register
 
@@ -120,6 +124,14 @@ def expect(condition: Any, hint: str) -> None:
     """Fail the check with ``hint`` unless ``condition`` is true."""
     if not condition:
         raise CheckFailed(hint)
+
+
+def case_seed(n: int) -> int:
+    """The seed a check draws its case ``n`` from: ``n`` itself in a notebook, another seed under
+    the grader (which sets ``GPTLIB_CHECK_SALT``), so graded cases differ from the ones a learner
+    saw. A check that uses it must pass the reference on any seed."""
+    salt = int(os.environ.get("GPTLIB_CHECK_SALT", "0") or 0)
+    return n if salt == 0 else (n * 1_000_003 + salt) % (2**31 - 1)
 
 
 def registry() -> dict[str, Exercise]:
@@ -168,15 +180,6 @@ def run_check(exercise_id: str, candidate: Any) -> CheckResult:
     return CheckResult(exercise_id, "passed")
 
 
-def _log(result: CheckResult) -> None:
-    path = os.environ.get("GPTLIB_GRADE_LOG")
-    if not path:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"exercise": result.exercise_id, "status": result.status,
-                            "message": result.message}) + "\n")
-
-
 _ICONS = {"passed": "✅", "failed": "❌", "not done": "⏳", "error": "💥"}
 
 
@@ -188,7 +191,6 @@ def check(exercise_id: str, candidate: Any) -> CheckResult:
     if result.message:
         line += f"\n   hint: {result.message}" if result.status == "failed" else f"\n   {result.message}"
     print(line)
-    _log(result)
     return result
 
 
