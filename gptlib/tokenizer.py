@@ -221,7 +221,12 @@ def _split_on(text: str, specials: Iterable[str]) -> list[str]:
 
 # %% ../notebooks/01_tokenization.ipynb #ch01-051
 def _bpe_by_rank(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-    """Run tiktoken-style BPE on ``token``'s bytes using only ranks below ``max_rank``."""
+    """Run tiktoken-style BPE on ``token``'s bytes using only the ranks below ``max_rank``.
+
+    Start from the single bytes (``bytes`` of length one); repeatedly join the adjacent pair whose
+    joined bytes have the lowest rank below ``max_rank``; stop when no adjacent pair has such a
+    rank. Returns the parts left: for a token of rank ``max_rank``, its two halves.
+    """
     parts = [token[i:i + 1] for i in range(len(token))]
     while len(parts) > 1:
         best, best_rank = None, max_rank
@@ -235,30 +240,38 @@ def _bpe_by_rank(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[b
     return parts
 
 
+def _halves(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
+    """The two earlier tokens that ``token`` (of rank ``rank``) was merged from."""
+    # Shortcut: when only one split has two earlier tokens as halves, BPE must end there.
+    splits = [(token[:i], token[i:]) for i in range(1, len(token))
+              if ranks.get(token[:i], rank) < rank and ranks.get(token[i:], rank) < rank]
+    halves = splits[0] if len(splits) == 1 else _bpe_by_rank(ranks, token, rank)
+    if len(halves) != 2:
+        raise ValueError(f"token {token!r} (rank {rank}) is not the merge of two earlier tokens")
+    return halves[0], halves[1]
+
+
 def merges_from_ranks(ranks: dict[bytes, int]) -> tuple[list[int], list[tuple[Pair, int]]]:
     """Recover ``(byte_ids, merges)`` from tiktoken's ``mergeable_ranks`` (bytes -> rank = id).
 
-    Tiktoken keeps only the ranked tokens, not the merges. A token of rank ``r`` was made by the
-    merge that BPE would do last on its own bytes, so running BPE with the ranks below ``r``
-    leaves exactly its two halves.
+    ``byte_ids[b]`` is the rank of the single byte ``b``. ``merges`` lists ``((left, right), rank)``
+    for every longer token in increasing rank, where ``left`` and ``right`` are the ranks of its
+    two halves (:func:`_halves`). Tiktoken keeps only the ranked tokens, not the merges: a token of
+    rank ``r`` was made by the merge that BPE would do last on its own bytes, so running BPE with
+    the ranks below ``r`` leaves exactly its two halves.
     """
-    byte_ids = []
-    for b in range(256):
-        if bytes([b]) not in ranks:
-            raise ValueError(f"the ranks have no token for the single byte {b}")
-        byte_ids.append(ranks[bytes([b])])
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise ValueError(f"the ranks have no token for the single byte {missing[0]}")
+    byte_ids = [ranks[bytes([b])] for b in range(256)]
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(token) == 1:
             continue
-        # Shortcut: when only one split has two earlier tokens as halves, BPE must end there.
-        splits = [(token[:i], token[i:]) for i in range(1, len(token))
-                  if ranks.get(token[:i], rank) < rank and ranks.get(token[i:], rank) < rank]
-        halves = splits[0] if len(splits) == 1 else _bpe_by_rank(ranks, token, rank)
-        if len(halves) != 2:
-            raise ValueError(f"token {token!r} (rank {rank}) is not the merge of two earlier tokens")
-        merges.append(((ranks[halves[0]], ranks[halves[1]]), rank))
+        left, right = _halves(ranks, token, rank)
+        merges.append(((ranks[left], ranks[right]), rank))
     return byte_ids, merges
+
 
 # %% ../notebooks/01_tokenization.ipynb #ch01-037
 def _encode_chunk(chunk: str, byte_ids: Sequence[int], merges: dict[Pair, int]) -> tuple[int, ...]:
@@ -315,7 +328,12 @@ class BPETokenizer:
 
     def _set_merges(self, byte_ids: Sequence[int], merges: Iterable[tuple[Pair, int]],
                     special_tokens: dict[str, int]) -> None:
-        """Install a vocabulary after checking it is consistent; ValueError names the problem."""
+        """Install a vocabulary after checking it is consistent; ValueError names the problem.
+
+        ``vocab`` maps each id to its bytes: ``byte_ids[b]`` to the single byte ``b``, and each
+        merge's new id to the bytes of its left id followed by those of its right id. ``table``
+        maps each pair to its new id, and ``last`` is the latest new id (they must increase).
+        """
         byte_ids = [int(i) for i in byte_ids]
         if len(byte_ids) != 256 or len(set(byte_ids)) != 256 or min(byte_ids) < 0:
             raise ValueError("byte_ids must give 256 distinct non-negative ids, one per byte value")

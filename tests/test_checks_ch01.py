@@ -267,7 +267,53 @@ for _name_, _f in list(globals().items()):
         _f.__name__ = _name_
 
 
-# ---------------------------------------------------------------- 1.7 encode one chunk
+# ---------------------------------------------------------------- 1.7 merges from tiktoken's ranks
+def _bpe_join(ranks, token, max_rank, pick):
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        found = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:]))
+                 if ranks.get(a + b, max_rank) < max_rank]
+        if not found:
+            break
+        _, i = pick(found)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def _ranks_with(halves_of, byte_ids=None, order=lambda ranks: sorted(ranks.items(), key=lambda kv: kv[1]),
+                as_ids=True):
+    def merges_from_ranks(ranks):
+        ids = [ranks[bytes([b])] for b in range(256)] if byte_ids is None else byte_ids
+        merges = []
+        for token, rank in order(ranks):
+            if len(token) > 1:
+                left, right = halves_of(ranks, token, rank)
+                merges.append(((ranks[left], ranks[right]) if as_ids else (left, right), rank))
+        return ids, merges
+    return merges_from_ranks
+
+
+_bpe_halves = lambda ranks, token, rank: _bpe_join(ranks, token, rank, min)   # noqa: E731
+# BPE that joins the leftmost pair with a rank instead of the lowest-ranked pair
+_ranks_leftmost = _ranks_with(lambda r, t, k: _bpe_join(r, t, k, lambda found: min(found, key=lambda f: f[1])))
+# the first split whose halves are both earlier tokens
+_ranks_first_split = _ranks_with(lambda r, t, k: next((t[:i], t[i:]) for i in range(1, len(t))
+                                                      if r.get(t[:i], k) < k and r.get(t[i:], k) < k))
+_ranks_identity_bytes = _ranks_with(_bpe_halves, byte_ids=list(range(256)))   # GPT-2's are permuted
+_ranks_dict_order = _ranks_with(_bpe_halves, order=lambda ranks: ranks.items())  # not sorted by rank
+_ranks_bytes = _ranks_with(_bpe_halves, as_ids=False)                       # ((b"a", b"b"), rank)
+
+
+def _ranks_no_limit(ranks):                     # BPE with every rank: the token joins into one part
+    def halves(r, t, k):
+        parts = T._bpe_by_rank(r, t, max(r.values()) + 1)
+        if len(parts) != 2:
+            raise ValueError(f"token {t!r} (rank {k}) is not the merge of two earlier tokens")
+        return parts
+    return _ranks_with(halves)(ranks)
+
+
+# ---------------------------------------------------------------- 1.8 encode one chunk
 def encode_by_rank_order(chunk, byte_ids, merges):      # slow but correct: every merge, in rank order
     ids = [byte_ids[b] for b in chunk.encode("utf-8")]
     for pair, new_id in sorted(merges.items(), key=lambda kv: kv[1]):
@@ -318,7 +364,7 @@ def _code_points(chunk, byte_ids, merges):
     return tuple(ids)
 
 
-# ---------------------------------------------------------------- 1.8 the tokenizer class
+# ---------------------------------------------------------------- 1.9 the tokenizer class
 class _PerTokenDecode(BPETokenizer):
     def decode(self, ids):
         return "".join(self.decode_bytes([i]).decode("utf-8", errors="replace") for i in ids)
@@ -327,6 +373,19 @@ class _PerTokenDecode(BPETokenizer):
 class _StrictDecode(BPETokenizer):
     def decode(self, ids):
         return self.decode_bytes(ids).decode("utf-8")
+
+
+class _VocabByteValues(BPETokenizer):
+    def _set_merges(self, byte_ids, merges, special_tokens):
+        super()._set_merges(byte_ids, merges, special_tokens)
+        self.vocab.update({b: bytes([b]) for b in range(256)})      # id b is byte b, permuted or not
+
+
+class _VocabRightLeft(BPETokenizer):
+    def _set_merges(self, byte_ids, merges, special_tokens):
+        super()._set_merges(byte_ids, merges, special_tokens)
+        for (a, b), new_id in sorted(self.merges.items(), key=lambda kv: kv[1]):
+            self.vocab[new_id] = self.vocab[b] + self.vocab[a]
 
 
 class _Latin1Decode(BPETokenizer):
@@ -387,7 +446,7 @@ class _TrainUnweighted(BPETokenizer):
         return self
 
 
-# ---------------------------------------------------------------- 1.9 straddling tokens
+# ---------------------------------------------------------------- 1.10 straddling tokens
 def crossing_ref(tok, text, pattern=GPT2_SPLIT_PATTERN):
     ends, at = set(), 0
     for chunk in regex.findall(pattern, text):
@@ -448,8 +507,9 @@ def _crossing_has_space(tok, text, pattern=GPT2_SPLIT_PATTERN):
 # ---------------------------------------------------------------- the table
 PASSING = [("1.1", CharTokenizer), ("1.2", count_pairs), ("1.2", count_counter), ("1.3", merge),
            ("1.4", best_pair), ("1.4", best_sorted), ("1.5", train_merges_naive),
-           ("1.6", train_merges), ("1.6", _incremental_reference), ("1.7", T._encode_chunk),
-           ("1.7", encode_by_rank_order), ("1.8", BPETokenizer), ("1.9", crossing_ref)]
+           ("1.6", train_merges), ("1.6", _incremental_reference), ("1.7", T.merges_from_ranks),
+           ("1.7", _ranks_with(_bpe_halves)), ("1.8", T._encode_chunk),
+           ("1.8", encode_by_rank_order), ("1.9", BPETokenizer), ("1.10", crossing_ref)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("1.1", _CharUnsorted, "should be sorted"),
@@ -481,26 +541,34 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("1.6", _incremental_no_stale_check, "expected"),
     ("1.6", _incremental_no_new_index, "expected"),
     ("1.6", _incremental_unweighted, "freqs[w] times"),
-    ("1.7", _leftmost_first, "LOWEST rank"),
-    ("1.7", _highest_rank_first, "LOWEST rank"),
-    ("1.7", _raw_bytes, "you used the raw bytes"),
-    ("1.7", _one_pass, "keep merging"),
-    ("1.7", _code_points, "its code point"),
-    ("1.8", _PerTokenDecode, "join the bytes of ALL ids first"),
-    ("1.8", _StrictDecode, "errors='replace'"),
-    ("1.8", _Latin1Decode, "not Latin-1"),
-    ("1.8", _IgnoreDecode, "\\ufffd"),
-    ("1.8", _NoSpecialDecode, "special_tokens"),
-    ("1.8", _SilentUnknown, "did not raise"),
-    ("1.8", _NoPretokenize, "pre-tokenize first"),
-    ("1.8", _SpecialsAsText, "as ordinary text"),
-    ("1.8", _SpecialsDropped, "should give tiktoken's ids"),
-    ("1.8", _TrainOneChunk, "across chunk boundaries"),
-    ("1.8", _TrainUnweighted, "how many times it occurs"),
-    ("1.9", _crossing_in_characters, "offsets are in bytes"),
-    ("1.9", _crossing_counts_boundaries, "counts once"),
-    ("1.9", _crossing_includes_ends, "end exactly at chunk ends"),
-    ("1.9", _crossing_has_space, "should straddle"),
+    ("1.7", _ranks_leftmost, "LOWEST-ranked pair first"),
+    ("1.7", _ranks_first_split, "nor the first split"),
+    ("1.7", _ranks_identity_bytes, "you gave 0 .. 255"),
+    ("1.7", _ranks_dict_order, "sorted by rank"),
+    ("1.7", _ranks_bytes, "holds bytes"),
+    ("1.7", _ranks_no_limit, "below max_rank"),
+    ("1.8", _leftmost_first, "LOWEST rank"),
+    ("1.8", _highest_rank_first, "LOWEST rank"),
+    ("1.8", _raw_bytes, "you used the raw bytes"),
+    ("1.8", _one_pass, "keep merging"),
+    ("1.8", _code_points, "its code point"),
+    ("1.9", _VocabByteValues, "stands for the single byte b"),
+    ("1.9", _VocabRightLeft, "followed by its right id's"),
+    ("1.9", _PerTokenDecode, "join the bytes of ALL ids first"),
+    ("1.9", _StrictDecode, "errors='replace'"),
+    ("1.9", _Latin1Decode, "not Latin-1"),
+    ("1.9", _IgnoreDecode, "\\ufffd"),
+    ("1.9", _NoSpecialDecode, "special_tokens"),
+    ("1.9", _SilentUnknown, "did not raise"),
+    ("1.9", _NoPretokenize, "pre-tokenize first"),
+    ("1.9", _SpecialsAsText, "as ordinary text"),
+    ("1.9", _SpecialsDropped, "should give tiktoken's ids"),
+    ("1.9", _TrainOneChunk, "across chunk boundaries"),
+    ("1.9", _TrainUnweighted, "how many times it occurs"),
+    ("1.10", _crossing_in_characters, "offsets are in bytes"),
+    ("1.10", _crossing_counts_boundaries, "counts once"),
+    ("1.10", _crossing_includes_ends, "end exactly at chunk ends"),
+    ("1.10", _crossing_has_space, "should straddle"),
 ]
 
 
@@ -524,7 +592,7 @@ def test_a_crashing_candidate_is_reported_as_an_error():
     assert run_check("1.2", _crashes_on_short).status == "error"
 
 
-@pytest.mark.parametrize("exercise_id", [f"1.{k}" for k in range(1, 10)])
+@pytest.mark.parametrize("exercise_id", [f"1.{k}" for k in range(1, 11)])
 def test_not_done(exercise_id):
     def todo(*args, **kwargs):
         raise NotImplementedError
@@ -537,5 +605,5 @@ def test_not_done(exercise_id):
         def from_merges(cls, *args, **kwargs):
             raise NotImplementedError
 
-    candidate = Todo if exercise_id in ("1.1", "1.8") else todo
+    candidate = Todo if exercise_id in ("1.1", "1.9") else todo
     assert run_check(exercise_id, candidate).status == "not done"

@@ -356,7 +356,105 @@ def _(candidate):
                             f"{_merges_text(want)}, got {_merges_text(got)}")
 
 
-# ---------------------------------------------------------------- 1.7 encode one chunk
+# ---------------------------------------------------------------- 1.7 merges from tiktoken's ranks
+def _ref_merges_from_ranks(ranks):
+    """(byte_ids, merges) from bytes -> rank, by plain BPE on each token's bytes (no shortcut)."""
+    byte_ids = [ranks[bytes([b])] for b in range(256)]
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) == 1:
+            continue
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:                        # BPE on the token's bytes with lower ranks
+            found = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:]))
+                     if ranks.get(a + b, rank) < rank]
+            _, i = min(found)
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        merges.append(((ranks[parts[0]], ranks[parts[1]]), rank))
+    return byte_ids, merges
+
+
+def _rank_table(tokens, byte_ids=range(256), reverse=False):
+    """bytes -> rank: the single bytes with ``byte_ids``, then ``tokens`` from rank 256 on."""
+    ranks = {bytes([b]): i for b, i in enumerate(byte_ids)}
+    ranks.update({t: 256 + k for k, t in enumerate(tokens)})
+    return dict(reversed(list(ranks.items()))) if reverse else ranks
+
+
+def _run_merges_from_ranks(candidate, ranks, what):
+    try:
+        out = candidate(dict(ranks))
+    except ValueError as err:
+        if "not the merge of two earlier tokens" not in str(err):
+            raise
+        raise CheckFailed(f"{what}: {err}. Every token of rank r splits into two earlier tokens: in "
+                          "_bpe_by_rank join only pairs whose rank is below max_rank (the token's own "
+                          "rank is not), and stop when no adjacent pair has such a rank") from None
+    expect(isinstance(out, tuple) and len(out) == 2, "return a tuple (byte_ids, merges)")
+    byte_ids, merges = list(out[0]), list(out[1])
+    for m in merges:
+        ok = isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], tuple) and len(m[0]) == 2
+        expect(ok, f"each merge is ((left id, right id), rank), got {m!r}")
+        if not all(isinstance(x, int) for x in (*m[0], m[1])):
+            raise CheckFailed(f"{what}: the merge {m!r} holds bytes; a merge names ids: the ranks of "
+                              "its halves, ((ranks[left], ranks[right]), rank)")
+    return byte_ids, merges
+
+
+def _explain_merges(ranks, got, want, what):
+    vocab = {r: t for t, r in ranks.items()}
+    if got == want:
+        return
+    if sorted(got, key=lambda m: m[1]) == want:
+        raise CheckFailed(f"{what}: you found every merge, but not in increasing rank: a dict's order "
+                          "is not the ranks' order, so go through the tokens sorted by rank")
+    for g, w in zip(got, want):
+        if g != w:
+            name = lambda m: f"{vocab.get(m[0][0], m[0][0])!r} + {vocab.get(m[0][1], m[0][1])!r}"
+            raise CheckFailed(f"{what}: the token {vocab.get(w[1], w[1])!r} (rank {w[1]}) is the merge "
+                              f"{name(w)} = {w}, you gave {name(g)} = {g}: its halves are what BPE leaves "
+                              "with the ranks below its own, joining the LOWEST-ranked pair first "
+                              "(not the leftmost pair, nor the first split whose halves are tokens)")
+    raise CheckFailed(f"{what}: expected {len(want)} merges ({_merges_text(want)}), got {len(got)} "
+                      f"({_merges_text(got)}): one per token longer than a byte")
+
+
+@exercise("1.7", "Recover GPT-2's merges from tiktoken's ranks", builds="gptlib.tokenizer:merges_from_ranks",
+          tier="core", difficulty=3, importance=2)
+def _(candidate):
+    cases = [
+        ([b"bc", b"ab", b"abc"], "ranks bc=256, ab=257, abc=258"),        # BPE joins b+c first
+        ([b"ab", b"bc", b"abc"], "ranks ab=256, bc=257, abc=258"),        # BPE joins a+b first
+        ([b"aa", b"aaaa", b"aaa"], "ranks aa=256, aaaa=257, aaa=258"),
+        ([b"ab", b"cd", b"bc", b"abcd", b"abc"], "ranks ab, cd, bc, abcd, abc = 256..260"),
+    ]
+    for tokens, what in cases:
+        ranks = _rank_table(tokens)
+        byte_ids, merges = _run_merges_from_ranks(candidate, ranks, what)
+        want_ids, want = _ref_merges_from_ranks(ranks)
+        expect(byte_ids == want_ids, f"{what}: byte_ids[b] must be the rank of the single byte "
+                                     f"bytes([b]); got {byte_ids[:8]}...")
+        _explain_merges(ranks, merges, want, what)
+    shifted = [(i + 7) % 256 for i in range(256)]
+    ranks = _rank_table([b"ab", b"abc"], shifted, reverse=True)
+    what = "single bytes ranked as a permutation (byte b has rank (b + 7) % 256), in reverse dict order"
+    byte_ids, merges = _run_merges_from_ranks(candidate, ranks, what)
+    if byte_ids == list(range(256)):
+        raise CheckFailed(f"{what}: byte_ids must be read from the ranks, byte_ids[b] = ranks[bytes([b])] "
+                          "(GPT-2's single bytes are a permutation, not b itself); you gave 0 .. 255")
+    expect(byte_ids == shifted, f"{what}: byte_ids[b] must be ranks[bytes([b])], e.g. byte_ids[0] = "
+                                f"{shifted[0]}; got {byte_ids[:8]}...")
+    _explain_merges(ranks, merges, _ref_merges_from_ranks(ranks)[1], what)
+    small = _gpt2_prefix()
+    if small is not None:
+        ranks = small[0]._mergeable_ranks
+        what = "GPT-2's first 1000 tokens"
+        byte_ids, merges = _run_merges_from_ranks(candidate, ranks, what)
+        expect(byte_ids == small[1], f"{what}: byte_ids[b] must be ranks[bytes([b])], as tiktoken has them")
+        _explain_merges(ranks, merges, _ref_merges_from_ranks(ranks)[1], what)
+
+
+# ---------------------------------------------------------------- 1.8 encode one chunk
 _TIKTOKEN_SMALL = {}
 
 
@@ -371,21 +469,10 @@ def _gpt2_prefix(n_ranks=1000):
         _TIKTOKEN_SMALL[n_ranks] = None
         return None
     ranks = {b: r for b, r in full._mergeable_ranks.items() if r < n_ranks}
-    merges = {}
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(token) == 1:
-            continue
-        parts = [token[i:i + 1] for i in range(len(token))]
-        while len(parts) > 2:                        # BPE on the token's bytes with lower ranks
-            found = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:]))
-                     if ranks.get(a + b, rank) < rank]
-            _, i = min(found)
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
-        merges[(ranks[parts[0]], ranks[parts[1]])] = rank
+    byte_ids, merges = _ref_merges_from_ranks(ranks)
     enc = tiktoken.Encoding(name=f"gpt2-first-{n_ranks}", pat_str=full._pat_str,
                             mergeable_ranks=ranks, special_tokens={})
-    byte_ids = [ranks[bytes([b])] for b in range(256)]
-    _TIKTOKEN_SMALL[n_ranks] = enc, byte_ids, merges
+    _TIKTOKEN_SMALL[n_ranks] = enc, byte_ids, dict(merges)
     return _TIKTOKEN_SMALL[n_ranks]
 
 
@@ -401,7 +488,7 @@ _TRICKY = [
 ]
 
 
-@exercise("1.7", "Encode one chunk with the learned merges", builds="gptlib.tokenizer:_encode_chunk",
+@exercise("1.8", "Encode one chunk with the learned merges", builds="gptlib.tokenizer:_encode_chunk",
           tier="core", difficulty=2, importance=3)
 def _(candidate):
     def run(chunk, byte_ids, merges):
@@ -463,7 +550,7 @@ def _(candidate):
         expect(got == want, f"{text!r} with merges {learned}: expected {list(want)}, got {list(got)}")
 
 
-# ---------------------------------------------------------------- 1.8 the tokenizer class
+# ---------------------------------------------------------------- 1.9 the tokenizer class
 # Merges whose tokens split characters: "é" is c3 a9 and "👋" is f0 9f 91 8b.
 _SPLIT_MERGES = [((104, 0xC3), 256),            # b"h\xc3": h and the first half of é
                  ((0xA9, 108), 257),            # b"\xa9l"
@@ -477,6 +564,27 @@ def _train_reference(text, vocab_size, specials=()):
     pieces = regex.split("|".join(regex.escape(s) for s in specials), text) if specials else [text]
     chunks = [list(c.encode("utf-8")) for p in pieces for c in regex.findall(_PATTERN, p)]
     return _ref_train(chunks, vocab_size - 256 - len(specials))
+
+
+def _check_vocab(candidate):
+    shifted = [(i + 7) % 256 for i in range(256)]
+    h, i, bang = (shifted[c] for c in b"hi!")
+    tok = candidate.from_merges([((h, i), 256), ((256, bang), 257)], byte_ids=shifted)
+    what = (f"from_merges([(({h}, {i}), 256), ((256, {bang}), 257)]) with byte_ids a permutation "
+            f"(byte b has id (b + 7) % 256, so 'h' is {h})")
+    if tok.vocab.get(104) == b"h":
+        raise CheckFailed(f"{what}: vocab[104] is b'h', but 104 is the id of byte {shifted.index(104)!r}: "
+                          "id byte_ids[b] stands for the single byte b")
+    expect(tok.vocab.get(h) == b"h", f"{what}: vocab[{h}] should be b'h', got {tok.vocab.get(h)!r}")
+    if tok.vocab.get(256) == b"ih":
+        raise CheckFailed(f"{what}: vocab[256] is b'ih': a merged token is its left id's bytes followed "
+                          "by its right id's")
+    expect(tok.vocab.get(256) == b"hi" and tok.vocab.get(257) == b"hi!",
+           f"{what}: vocab[256] should be b'hi' and vocab[257] b'hi!' (the bytes of the two ids joined), "
+           f"got {tok.vocab.get(256)!r} and {tok.vocab.get(257)!r}")
+    expect(dict(tok.merges) == {(h, i): 256, (256, bang): 257},
+           f"{what}: merges should map each pair to its new id, {{({h}, {i}): 256, (256, {bang}): 257}}, "
+           f"got {dict(tok.merges)}")
 
 
 def _check_decode(candidate):
@@ -602,15 +710,16 @@ def _check_encode(candidate):
                                     f"tiktoken's ids {want}, got {got}")
 
 
-@exercise("1.8", "Train, encode and decode", builds="gptlib.tokenizer:BPETokenizer", tier="core",
+@exercise("1.9", "Train, encode and decode", builds="gptlib.tokenizer:BPETokenizer", tier="core",
           difficulty=2, importance=3)
 def _(candidate):
+    _check_vocab(candidate)
     _check_decode(candidate)
     _check_encode(candidate)
     _check_train(candidate)
 
 
-# ---------------------------------------------------------------- 1.9 stretch: straddling tokens
+# ---------------------------------------------------------------- 1.10 stretch: straddling tokens
 def _ref_crossing(tok, text, pattern):
     bounds, at = set(), 0
     for chunk in regex.findall(pattern, text):
@@ -635,7 +744,7 @@ class _FixedTokenizer:
         return list(self.vocab)
 
 
-@exercise("1.9", "What pre-tokenization prevents", tier="stretch", difficulty=2, importance=2)
+@exercise("1.10", "What pre-tokenization prevents", tier="stretch", difficulty=2, importance=2)
 def _(candidate):
     cases = [
         ([b"dog", b".", b" cat"], "dog. cat", 0, "tokens that end exactly at chunk ends"),
