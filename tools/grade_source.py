@@ -19,12 +19,12 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from tools.course import CHAPTER_KEY
 from tools.export import DIRECTIVE
 
-__all__ = ["CHAPTER_KEY", "Statement", "Submission", "notebook_chapter", "read_submission",
+__all__ = ["Statement", "Submission", "notebook_chapter", "read_submission",
            "graded_names", "ruled_out"]
 
-CHAPTER_KEY = "gptlib"          # notebook metadata: {"gptlib": {"chapter": 3}}
 SUBMISSION_FILE = "<submission cell {}>"   # the file name the grader compiles cell N under
 _CHECK_CALLS = {"check", "build", "run_check", "check_package"}
 _MAGIC = re.compile(r"^(\s*)[%!].*$", re.M)

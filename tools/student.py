@@ -3,8 +3,10 @@
 Hand-written (not exported from a notebook). In the instructor notebooks each exercise's
 solution sits between a ``### BEGIN SOLUTION`` line and a ``### END SOLUTION`` line (the
 nbgrader / otter-grader convention). The student version replaces those lines, markers included,
-with ``raise NotImplementedError`` at the same indentation, clears every output, and unfolds the
-exercise cell. The notebook still runs top to bottom: the check reports "not done" and the rest of
+with ``raise NotImplementedError`` at the same indentation, clears every output, unfolds the
+exercise cell, and writes the chapter number into the notebook's metadata (``{"gptlib":
+{"chapter": N}}``), which is how ``tools.grade`` knows a submission's chapter whatever its file is
+called. The notebook still runs top to bottom: the check reports "not done" and the rest of
 the chapter uses gptlib's reference implementation.
 
     python -m tools.student [--out _build/student] [NOTEBOOK ...]
@@ -20,6 +22,8 @@ from pathlib import Path
 import nbformat
 
 from tools import ROOT
+from tools.course import CHAPTER_KEY, chapter_number
+
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 # The marker lines, matched here once for all the tooling (export drops them, build_track counts
@@ -96,9 +100,12 @@ def refilled_notebook(student_nb, instructor_nb):
     return nb
 
 
-def student_notebook(nb):
-    """A copy of notebook ``nb`` with solutions removed and outputs cleared."""
+def student_notebook(nb, chapter: int | None = None):
+    """A copy of notebook ``nb`` with solutions removed and outputs cleared; ``chapter`` (default:
+    the one ``nb``'s metadata names) goes into the copy's metadata."""
     nb = copy.deepcopy(nb)
+    if chapter is not None:
+        nb.metadata.setdefault(CHAPTER_KEY, {})["chapter"] = chapter
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -117,7 +124,7 @@ def write_student_notebooks(notebooks: list[Path], out_dir: Path) -> list[Path]:
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         target = out_dir / path.name
-        nbformat.write(student_notebook(nb), target)
+        nbformat.write(student_notebook(nb, chapter_number(path)), target)
         written.append(target)
     return written
 
