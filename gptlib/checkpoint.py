@@ -14,6 +14,7 @@ __all__ = ['CheckpointError', 'unwrap', 'best_checkpoint_path', 'save_checkpoint
            'model_from_checkpoint']
 
 # %% ../notebooks/06_training.ipynb #ch06-ckpt-imp
+import contextlib
 import random
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -164,16 +165,32 @@ def _config_mismatch(saved: dict | None, current: dict | None) -> list[str]:
             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
+@contextlib.contextmanager
+def _fitting(path: str | Path):
+    """Turn a state dict that does not fit (``load_state_dict``'s own error) into a
+    :class:`CheckpointError` that names the file."""
+    try:
+        yield
+    except (NotImplementedError, CheckpointError):
+        raise
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit the model: {err}") from err
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: the optimizer state does not fit this optimizer: {err}") from err
+
+
 def load_checkpoint(path: str | Path, model: nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None,
                     generator: torch.Generator | None = None, restore_rng: bool = True,
                     map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` / ``optimizer``.
+    """Load a checkpoint written by :func:`save_checkpoint`, and return its dict (``payload``;
+    ``payload["step"]`` is where the run continues).
 
-    Checks that the checkpoint was made for a model of the same config (a :class:`CheckpointError`
-    lists the differing fields) and that the weights fit, restores the RNG states when
-    ``restore_rng`` (and the batch ``generator`` when given), and returns the checkpoint dict
-    (``payload["step"]`` is where the run continues).
+    Once the file is read and checked (:func:`read_checkpoint`; a :class:`CheckpointError` lists
+    the fields of a checkpoint made for another model), restore what was given: the weights into
+    ``model`` (given: its plain model, ``model`` below), the optimizer state into ``optimizer``,
+    and, when ``restore_rng``, every random state with :func:`_set_rng_state` (the batch
+    ``generator`` included when given). Each with the object's own ``load_state_dict``.
     """
     payload = read_checkpoint(path, map_location)
     if model is not None:
@@ -181,19 +198,15 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None,
         problems = _config_mismatch(payload["model_config"], _model_config(model))
         if problems:
             raise CheckpointError(f"{path} was saved from a different model: " + "; ".join(problems))
-        try:
+    if optimizer is not None and payload["optimizer"] is None:
+        raise CheckpointError(f"{path} holds no optimizer state (saved without an optimizer)")
+    with _fitting(path):
+        if model is not None:
             model.load_state_dict(payload["model"])
-        except RuntimeError as err:
-            raise CheckpointError(f"{path}: the weights do not fit the model: {err}") from err
-    if optimizer is not None:
-        if payload["optimizer"] is None:
-            raise CheckpointError(f"{path} holds no optimizer state (saved without an optimizer)")
-        try:
+        if optimizer is not None:
             optimizer.load_state_dict(payload["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: the optimizer state does not fit this optimizer: {err}") from err
-    if restore_rng:
-        _set_rng_state(payload["rng"], generator)
+        if restore_rng:
+            _set_rng_state(payload["rng"], generator)
     return payload
 
 

@@ -607,17 +607,23 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
                 val = float(eval_loss(raw))
             raw.train(was_training)
             history.eval_train_loss.append(math.nan)
-        improved = val < history.best_val   # keep_best: compared before val is recorded
+        # record val and step; with config.keep_best, a new low (compared with history.best_val
+        # before val is recorded) makes the main process write best_checkpoint_path(checkpoint_path)
+        improved = val < history.best_val
         history.val_loss.append(val)
         history.eval_step.append(step)
+        if config.keep_best and improved and dist_info.is_main:
+            save_checkpoint(best_checkpoint_path(checkpoint_path), raw, optimizer, step, config,
+                            generator, history)
         if dist_info.is_main:
-            if config.keep_best and improved:
-                save_checkpoint(best_checkpoint_path(checkpoint_path), raw, optimizer, step, config,
-                                generator, history)
             for callback in callbacks:
                 callback(step, history, raw)
 
-    def flush() -> None:  # one device->host copy per log interval, not one per step
+    def flush() -> None:
+        """Move the ``(loss, norm)`` pairs queued in ``pending`` to ``history.train_loss`` and
+        ``history.grad_norm`` with one device-to-host copy for all of them (not one per step),
+        first averaged over the processes under torchrun (``torch.distributed.all_reduce``, then
+        divided by ``world_size``); then empty ``pending``."""
         if pending:
             values = torch.stack(pending)
             if dist_info.world_size > 1:
@@ -629,6 +635,9 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
             pending.clear()
 
     def save(step: int) -> None:
+        """Write ``checkpoint_path`` for the run as it continues at ``step``: flush first (the
+        history saved holds every step's loss), only the main process writes, and under torchrun
+        every process then waits at ``torch.distributed.barrier()``."""
         flush()
         if dist_info.is_main:
             save_checkpoint(checkpoint_path, raw, optimizer, step, config, generator, history)
@@ -652,11 +661,14 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
             flush()
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", lr=f"{lr:.2e}")
         bar.update(1)
+        # with a checkpoint_path, save every checkpoint_interval steps (0: never) the run as it
+        # continues after this step
         if checkpoint_path and config.checkpoint_interval and (step + 1) % config.checkpoint_interval == 0:
             save(step + 1)
     bar.close()
     flush()
-    # a run that reached max_steps (not stopped by until_step) ends evaluated
+    # a run that reached max_steps (not stopped by until_step) ends evaluated; with a
+    # checkpoint_path, every run ends saved
     if end == config.max_steps and evaluates:
         run_eval(end)
     if checkpoint_path:
@@ -668,7 +680,12 @@ def load_text_data(data: dict) -> tuple[Any, torch.Tensor, torch.Tensor, str]:
     """Text, tokenizer and the train/val split that a recipe's ``data`` section describes:
     ``{"dataset": "tinyshakespeare", "tokenizer": "char" | "bpe", "bpe_vocab_size": 512,
     "val_fraction": 0.1, "max_chars": null}`` (missing keys take these defaults).
-    Returns ``(tokenizer, train, val, text)``."""
+
+    Load the text of ``data["dataset"]`` (``load_text``) and, when ``max_chars`` is set, keep its
+    first ``max_chars`` characters before anything else sees it; build the tokenizer on that text
+    (a ``CharTokenizer`` for ``"char"``; for ``"bpe"`` a ``BPETokenizer`` trained to
+    ``bpe_vocab_size`` ids); encode the text as a ``torch.long`` tensor and split it with
+    ``train_val_split`` at ``val_fraction``. Returns ``(tokenizer, train, val, text)``."""
     from gptlib.datasets import load_text
     from gptlib.tokenizer import BPETokenizer, CharTokenizer
     data = _data_settings(data)

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gptlib.checkpoint import _rng_state, _set_numpy_state, _set_rng_state, save_checkpoint
+from gptlib.checkpoint import (_rng_state, _set_numpy_state, _set_rng_state, load_checkpoint, read_checkpoint,
+                               save_checkpoint, unwrap)
 from gptlib.data import get_batch, iter_batches
 from gptlib.exercises import run_check
 import gptlib.training
@@ -386,6 +387,69 @@ def draw_the_same_first_rows_everywhere(data, block_size, batch_size, generator,
     return x[:batch_size], y[:batch_size]
 
 
+# ---- 6.16 load_checkpoint ----------------------------------------------------------------------
+
+def _loader(weights=True, optimizer_state=True, rng=True, generator=True, obey=True, give_back=True):
+    def load(path, model=None, optimizer=None, generator_=None, restore_rng=True, map_location="cpu"):
+        payload = read_checkpoint(path, map_location)
+        if model is not None and weights:
+            unwrap(model).load_state_dict(payload["model"])
+        if optimizer is not None and optimizer_state:
+            optimizer.load_state_dict(payload["optimizer"])
+        if rng and (restore_rng or not obey):
+            _set_rng_state(payload["rng"], generator_ if generator else None)
+        return payload if give_back else None
+    return load
+
+
+def load_without_the_weights(*a, **k):
+    return _loader(weights=False)(*a, **k)
+
+
+def load_without_the_optimizer(*a, **k):
+    return _loader(optimizer_state=False)(*a, **k)
+
+
+def load_without_the_random_states(*a, **k):
+    return _loader(rng=False)(*a, **k)
+
+
+def load_without_the_batch_generator(*a, **k):
+    return _loader(generator=False)(*a, **k)
+
+
+def load_restoring_the_rng_always(*a, **k):
+    return _loader(obey=False)(*a, **k)
+
+
+def load_returning_nothing(*a, **k):
+    return _loader(give_back=False)(*a, **k)
+
+
+# ---- 6.17 load_text_data: gptlib's with one slip each --------------------------------------
+
+def _data_loader_with(name, *edits):
+    """gptlib.training.load_text_data with each ``(old, new)`` of ``edits`` applied to its source."""
+    source = inspect.getsource(gptlib.training.load_text_data)
+    for old, new in edits:
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    namespace = dict(vars(gptlib.training))
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    namespace["load_text_data"].__name__ = name
+    return namespace["load_text_data"]
+
+
+_CUT = '    if data["max_chars"]:\n        text = text[: int(data["max_chars"])]\n'
+DATA_SLIPS = {name: _data_loader_with(name, *edits) for name, edits in {
+    "data_ignoring_max_chars": [(_CUT, "")],
+    "data_cut_after_the_tokenizer": [(_CUT, ""), ("    ids = torch.tensor(", _CUT + "    ids = torch.tensor(")],
+    "data_bpe_of_the_default_size": [('int(data["bpe_vocab_size"])', "512")],
+    "data_always_char": [('if data["tokenizer"] == "char":', "if True:")],
+    "data_split_at_the_default_fraction": [('train_val_split(ids, data["val_fraction"])', "train_val_split(ids)")],
+}.items()}
+
+
 # ---- 6.14 the training loop: gptlib's train with one slip each -----------------------------
 
 def _train_with(name, *edits):
@@ -419,6 +483,15 @@ _TRAIN_SLIPS = {  # name: the (old, new) edits of gptlib's train that make the s
         ('History.from_dict(payload["history"]), payload["step"]', 'History.from_dict(payload["history"]), 0')],
     "train_with_an_unseeded_generator": [
         ("manual_seed(config.seed)\n    optimizer", "manual_seed(config.seed + 7)\n    optimizer")],
+    "train_saving_the_step_just_taken": [("            save(step + 1)\n", "            save(step)\n")],
+    "train_saving_without_flushing": [
+        ("        flush()\n        if dist_info.is_main:\n            save_checkpoint(",
+         "        if dist_info.is_main:\n            save_checkpoint(")],
+    "train_without_the_final_save": [("    if checkpoint_path:\n        save(end)\n", "")],
+    "train_keeping_every_evaluation_as_best": [("if config.keep_best and improved and", "if config.keep_best and")],
+    "train_comparing_after_recording": [
+        ("        improved = val < history.best_val\n        history.val_loss.append(val)\n",
+         "        history.val_loss.append(val)\n        improved = val < history.best_val\n")],
 }
 TRAIN_SLIPS = {name: _train_with(name, *edits) for name, edits in _TRAIN_SLIPS.items()}
 
@@ -450,7 +523,8 @@ def budget_warmup_past_the_budget():
 PASSING = [("6.1", perplexity), ("6.2", bits_per_char), ("6.3", param_groups), ("6.4", configure_optimizer),
            ("6.5", lr_at), ("6.6", train_step), ("6.7", evaluate), ("6.8", evaluate_full), ("6.9", _rng_state),
            ("6.10", _set_rng_state), ("6.11", save_checkpoint), ("6.12", History), ("6.13", draw_batch),
-           ("6.14", train), ("6.15", budget_reference)]
+           ("6.14", train), ("6.15", budget_reference), ("6.16", load_checkpoint),
+           ("6.17", gptlib.training.load_text_data)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.1", perplexity_in_base_2, "not 2 ** loss"),
@@ -525,6 +599,22 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.14", TRAIN_SLIPS["train_counting_steps_from_1"], "record every step's number"),
     ("6.14", TRAIN_SLIPS["train_resuming_from_step_0"], "continue at payload['step']"),
     ("6.14", TRAIN_SLIPS["train_with_an_unseeded_generator"], "generator seeded with config.seed"),
+    ("6.14", TRAIN_SLIPS["train_saving_the_step_just_taken"], "save the run as it continues, at step s + 1"),
+    ("6.14", TRAIN_SLIPS["train_saving_without_flushing"], "flush() before saving"),
+    ("6.14", TRAIN_SLIPS["train_without_the_final_save"], "did not end saved"),
+    ("6.14", TRAIN_SLIPS["train_keeping_every_evaluation_as_best"], "only when val is below history.best_val"),
+    ("6.14", TRAIN_SLIPS["train_comparing_after_recording"], "no best checkpoint"),
+    ("6.16", load_without_the_weights, "load payload['model']"),
+    ("6.16", load_without_the_optimizer, "AdamW's moments"),
+    ("6.16", load_without_the_random_states, "restore every random state"),
+    ("6.16", load_without_the_batch_generator, "give the generator to _set_rng_state"),
+    ("6.16", load_restoring_the_rng_always, "only when restore_rng"),
+    ("6.16", load_returning_nothing, "return the checkpoint's dict"),
+    ("6.17", DATA_SLIPS["data_ignoring_max_chars"], "first max_chars characters"),
+    ("6.17", DATA_SLIPS["data_cut_after_the_tokenizer"], "after the max_chars cut"),
+    ("6.17", DATA_SLIPS["data_bpe_of_the_default_size"], "trained to bpe_vocab_size"),
+    ("6.17", DATA_SLIPS["data_always_char"], "asks for a BPETokenizer"),
+    ("6.17", DATA_SLIPS["data_split_at_the_default_fraction"], "train_val_split(ids, data['val_fraction'])"),
     ("6.15", budget_rate_too_low, "above the target"),
     ("6.15", budget_high_rate_without_warmup, "above the target"),
     ("6.15", budget_rate_far_too_high, "too high"),

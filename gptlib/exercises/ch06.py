@@ -658,6 +658,69 @@ def _(candidate):
                f"the resumed run ends with other weights than the uninterrupted one {where}")
 
 
+# ---- load_checkpoint: the restore -----------------------------------------------------------
+
+def _private_checkpoint(path, model, optimizer, step, generator):
+    """A checkpoint file in save_checkpoint's documented format, written here."""
+    torch.save({"format": "gptlib-checkpoint", "version": 1, "torch_version": str(torch.__version__),
+                "step": step, "model_config": None, "train_config": None,
+                "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "rng": _capture_ref(generator), "history": None,
+                "extra": {}}, path)
+
+
+@exercise("6.16", "Resume from a checkpoint", builds="gptlib.checkpoint:load_checkpoint",
+          tier="core", difficulty=2, importance=3)
+def _(candidate):
+    import tempfile
+    from pathlib import Path
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(64, 5, generator=g), torch.randint(0, 3, (64,), generator=g))
+    for split in (3, 5):
+        torch.manual_seed(21)
+        whole = _Noisy(0)
+        opt = torch.optim.AdamW(whole.parameters(), lr=0.05)
+        losses = _noisy_steps(whole, opt, torch.Generator().manual_seed(2), range(8), data)
+        torch.manual_seed(21)
+        first = _Noisy(0)
+        opt1, gen1 = torch.optim.AdamW(first.parameters(), lr=0.05), torch.Generator().manual_seed(2)
+        before = _noisy_steps(first, opt1, gen1, range(split), data)
+        where = f"(a run of 8 steps saved after step {split})"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "ckpt.pt"
+            _private_checkpoint(path, first, opt1, split, gen1)
+            saved = torch.load(path, weights_only=True)
+            # restore_rng=False: the weights and the optimizer only; every random state left alone
+            torch.manual_seed(5)
+            other, gen_other = _Noisy(3), torch.Generator().manual_seed(8)
+            torch_state, gen_state = torch.get_rng_state(), gen_other.get_state()
+            candidate(path, other, torch.optim.AdamW(other.parameters(), lr=0.05), gen_other, restore_rng=False)
+            expect(torch.equal(torch.get_rng_state(), torch_state) and torch.equal(gen_other.get_state(), gen_state),
+                   f"with restore_rng=False the random states changed {where}: restore them only when restore_rng")
+            torch.manual_seed(123)              # a fresh process: every random state elsewhere
+            resumed = _Noisy(1)
+            opt2, gen2 = torch.optim.AdamW(resumed.parameters(), lr=0.05), torch.Generator().manual_seed(99)
+            payload = candidate(path, resumed, opt2, gen2)
+        expect(isinstance(payload, dict) and payload.get("step") == split,
+               f"load_checkpoint must return the checkpoint's dict (payload['step'] == {split}), got "
+               f"{type(payload).__name__} {where}")
+        expect(all(torch.equal(resumed.state_dict()[k], v) for k, v in saved["model"].items()),
+               f"the model's weights are not the checkpoint's {where}: load payload['model'] into it")
+        expect(bool(opt2.state_dict()["state"]),
+               f"the optimizer has no state after loading {where}: without AdamW's moments a resumed run "
+               "restarts them from zero; load payload['optimizer'] into it")
+        expect(torch.equal(torch.get_rng_state(), saved["rng"]["torch"]),
+               f"torch's generator is not where the checkpoint left it {where}: the dropout masks of the resumed "
+               "run differ; restore every random state (_set_rng_state)")
+        expect(torch.equal(gen2.get_state(), saved["rng"]["generator"]),
+               f"the batch generator is not where the checkpoint left it {where}: the resumed run draws other "
+               "batches; give the generator to _set_rng_state")
+        after = _noisy_steps(resumed, opt2, gen2, range(split, 8), data)
+        expect(before + after == losses,
+               f"the run resumed with your load_checkpoint gives the losses {[round(v, 4) for v in after]}, the "
+               f"uninterrupted run {[round(v, 4) for v in losses[split:]]} {where}")
+
+
 # ---- 6.12 the best evaluation -----------------------------------------------------------------
 
 @exercise("6.12", "The best evaluation so far", builds="gptlib.training:History",
@@ -886,7 +949,40 @@ def _(candidate):
                           "returns net(x, y)[1] on draw_batch(train_data, block_size, config.batch_size, generator, "
                           "dist_info, device)")
     _compare_run(got, want, cfg, where, default_hooks=True)
-    # 3. stopped with until_step, then resumed from its checkpoint: the same run as without the break
+    # 3. checkpoints along the way: every checkpoint_interval steps, at the end, and the best (keep_best)
+    cfg = _loop_config(max_steps=7, eval_interval=2, checkpoint_interval=3, keep_best=True)
+    scripted = iter([3.0, 2.0, 2.5, 1.5, 1.8])
+    where = ("(7 steps, eval_interval=2, checkpoint_interval=3, keep_best=True, validation losses 3.0, 2.0, 2.5, "
+             "1.5, 1.8 at steps 0, 2, 4, 6, 7)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt.pt"
+        seen = []
+
+        def look(step, history, model):
+            seen.append(torch.load(path, weights_only=True) if path.is_file() else None)
+        data = _LoopData()
+        candidate(_StepNet(4), None, None, cfg, batch_loss=data.batch_loss, eval_loss=lambda m: next(scripted),
+                  checkpoint_path=path, callbacks=[look], progress=False)
+        steps = [p if p is None else p["step"] for p in seen]
+        expect(steps == [None, None, 3, 6, 6],
+               f"at the evaluations of steps 0, 2, 4, 6, 7 the checkpoint file held the steps {steps}, expected "
+               f"[None, None, 3, 6, 6] {where}: after step s, when (s + 1) % checkpoint_interval == 0, save the "
+               "run as it continues, at step s + 1")
+        for payload in filter(None, seen):
+            kept = len(payload["history"]["train_loss"])
+            expect(kept == payload["step"],
+                   f"the checkpoint of step {payload['step']} holds {kept} training losses {where}: flush() before "
+                   "saving, or the history saved misses the losses still queued in pending")
+        expect(path.is_file() and torch.load(path, weights_only=True)["step"] == 7,
+               f"the run did not end saved at step 7 {where}: with a checkpoint_path, save(end) after the loop")
+        best = path.with_name("ckpt.best.pt")
+        expect(best.is_file(), f"no best checkpoint at {best.name} {where}: with keep_best, save one at each new "
+                               "low of the validation loss (best_checkpoint_path(checkpoint_path))")
+        best_step = torch.load(best, weights_only=True)["step"]
+        expect(best_step == 6, f"the best checkpoint is of step {best_step}, expected 6 (validation loss 1.5) "
+                               f"{where}: save it only when val is below history.best_val, compared before val "
+                               "is recorded")
+    # 4. stopped with until_step, then resumed from its checkpoint: the same run as without the break
     cfg = _loop_config(max_steps=7, eval_interval=2)
     whole_data, split_data = _LoopData(), _LoopData()
     whole = candidate(_StepNet(4), None, None, cfg, batch_loss=whole_data.batch_loss, eval_loss=whole_data.eval_loss,
@@ -909,6 +1005,70 @@ def _(candidate):
                                     "History.from_dict(payload['history'])")
     expect(rest.train_loss == whole.train_loss and rest.val_loss == whole.val_loss,
            f"the resumed run's losses differ from the uninterrupted run's {where}")
+
+
+# ---- load_text_data: a recipe's data ---------------------------------------------------------
+
+def _recipe_text() -> str:
+    """About 3,000 characters whose last part holds letters the first 600 do not (Q, X, Z, !)."""
+    g = torch.Generator().manual_seed(4)
+    words = ["the", "king", "and", "queen", "sat", "in", "a", "hall", "of", "stone", "bread", "wine"]
+    picks = torch.randint(0, len(words), (520,), generator=g).tolist()
+    head = " ".join(words[i] for i in picks)
+    return head[:2400] + "\nQUIZ: XYZZY, ZAX! " * 30
+
+
+@exercise("6.17", "A recipe's data, tokenized and split", builds="gptlib.training:load_text_data",
+          tier="core", difficulty=2, importance=2)
+def _(candidate):
+    import gptlib.datasets
+    from gptlib.data import train_val_split
+    from gptlib.tokenizer import BPETokenizer, CharTokenizer
+    text, asked = _recipe_text(), []
+
+    def fake_load_text(name):
+        asked.append(name)
+        return text
+    cases = [dict(dataset="check-text", tokenizer="char", val_fraction=0.1, max_chars=None),
+             dict(dataset="other-text", tokenizer="char", val_fraction=0.25, max_chars=600),
+             dict(dataset="check-text", tokenizer="bpe", bpe_vocab_size=270, val_fraction=0.2, max_chars=900)]
+    real = gptlib.datasets.load_text
+    gptlib.datasets.load_text = fake_load_text
+    try:
+        for data in cases:
+            where = f"(data={data})"
+            got = candidate(dict(data))
+            expect(isinstance(got, tuple) and len(got) == 4,
+                   f"return the tuple (tokenizer, train, val, text), got {type(got).__name__} {where}")
+            tokenizer, train, val, got_text = got
+            expect(asked and asked[-1] == data["dataset"],
+                   f"the text loaded was {asked[-1:] or 'none'}, not load_text(data['dataset']) {where}")
+            want_text = text[: data["max_chars"]] if data["max_chars"] else text
+            expect(got_text == want_text,
+                   f"the text returned has {len(got_text)} characters, expected {len(want_text)} {where}: keep the "
+                   "first max_chars characters when max_chars is set")
+            kind = CharTokenizer if data["tokenizer"] == "char" else BPETokenizer
+            expect(isinstance(tokenizer, kind), f"tokenizer={data['tokenizer']!r} asks for a {kind.__name__}, got "
+                                                f"{type(tokenizer).__name__} {where}")
+            want_tok = CharTokenizer(want_text) if kind is CharTokenizer \
+                else BPETokenizer().train(want_text, data["bpe_vocab_size"])
+            if tokenizer.vocab_size != want_tok.vocab_size:
+                raise CheckFailed(f"the tokenizer has {tokenizer.vocab_size} ids, expected {want_tok.vocab_size} "
+                                  f"{where}: build it on the text after the max_chars cut"
+                                  + (", trained to bpe_vocab_size ids" if kind is BPETokenizer else ""))
+            ids = torch.tensor(want_tok.encode(want_text), dtype=torch.long)
+            want_train, want_val = train_val_split(ids, data["val_fraction"])
+            expect(isinstance(train, torch.Tensor) and isinstance(val, torch.Tensor)
+                   and train.dtype == val.dtype == torch.long,
+                   f"train and val must be torch.long tensors of token ids {where}")
+            expect(len(train) + len(val) == len(ids),
+                   f"train and val hold {len(train) + len(val)} tokens, the encoded text {len(ids)} {where}: encode "
+                   "the whole text, then split the ids")
+            expect(torch.equal(train, want_train) and torch.equal(val, want_val),
+                   f"train/val hold {len(train)}/{len(val)} tokens, expected {len(want_train)}/{len(want_val)} "
+                   f"{where}: train_val_split(ids, data['val_fraction'])")
+    finally:
+        gptlib.datasets.load_text = real
 
 
 # ---- 6.15 stretch: a loss target within a step budget ----------------------------------------
