@@ -147,7 +147,7 @@ def _(rope_cos_sin):
                   "Llama's layout repeats the angles as two halves, cat([a, a]), not interleaved: "
                   "column i and column i + head_dim // 2 hold the same angle": _cos_sin(head_dim, start, T, theta, layout="pairs")[1],
                   "use theta (not a fixed 10000)": _cos_sin(head_dim, start, T, 10000.0)[1]}
-        hint = _which(sin, {h: w for h, w in wrongs.items() if not (start == 0 and "start itself" in h)}, 1e-4)
+        hint = _which(sin, wrongs, 1e-4)
         raise CheckFailed(hint or f"rope_cos_sin({head_dim}, start={start}, T={T}, theta={theta}): the angle "
                           "of position p in pair i is p * theta ** (-2i / head_dim)")
 
@@ -268,17 +268,20 @@ def _(LlamaAttention):
                                "RoPE on q and k and shared key/value heads") + f" ({what})")
         # the same tokens in pieces, through a cache: 3 tokens, then 1, then 2
         cache, pieces, start = _Cache(), [], 0
-        with torch.no_grad():
-            for n in (3, 1, 2):
-                c, s = (t.float() for t in _cos_sin(4, start, n, theta))
-                pieces.append(att(x[:, start:start + n], c, s, cache=cache))
-                start += n
+        in_pieces = (f"run in pieces with a cache (3, then 1, then 2 tokens), the output differs from one "
+                     f"pass ({what}): read past = cache.length before cache.update, store the rotated keys, "
+                     f"and let new query i see keys 0 .. past + i")
+        try:
+            with torch.no_grad():
+                for n in (3, 1, 2):
+                    c, s = (t.float() for t in _cos_sin(4, start, n, theta))
+                    pieces.append(att(x[:, start:start + n], c, s, cache=cache))
+                    start += n
+        except RuntimeError as err:       # a mask or cache of the wrong length: shapes disagree
+            raise CheckFailed(f"{in_pieces} (your code raised: {err})") from None
         expect(cache.length == 6, f"after 6 tokens in pieces the cache should hold 6 positions, it holds "
                f"{cache.length}: call cache.update(k, v) once per forward")
-        expect(_close(torch.cat(pieces, 1), want, 1e-4),
-               f"run in pieces with a cache (3, then 1, then 2 tokens), the output differs from one pass "
-               f"({what}): read past = cache.length before cache.update, store the rotated keys, and let "
-               f"new query i see keys 0 .. past + i")
+        expect(_close(torch.cat(pieces, 1), want, 1e-4), in_pieces)
 
 
 # ---- 9.7 the cache's memory --------------------------------------------------------------------
