@@ -204,7 +204,14 @@ class ClassificationData:
 def train_classifier(clf: GPTClassifier, data: ClassificationData, config: TrainConfig,
                      lm_lambda: float = 0.0, progress: bool = False) -> History:
     """Fine-tune ``clf`` (its trainable parameters) with Chapter 6's ``train``, on mini-batches
-    of ``config.batch_size`` rows of ``data``, reshuffled each time the data runs out."""
+    of ``config.batch_size`` rows of ``data``, reshuffled each time the data runs out.
+
+    ``batch_loss(net, generator, device)`` takes the next ``config.batch_size`` row indices from
+    a queue; when fewer are left, a fresh permutation of all rows (``torch.randperm`` with the
+    run's ``generator``) is appended first, so every row is seen once per pass. It returns the
+    loss of ``net`` on ``data.batch(index, device)`` with ``lm_lambda``. The classifier is left in
+    eval mode.
+    """
     order: list[int] = []
 
     def batch_loss(net: nn.Module, generator: torch.Generator, device) -> torch.Tensor:
@@ -222,7 +229,9 @@ def train_classifier(clf: GPTClassifier, data: ClassificationData, config: Train
 
 @torch.no_grad()
 def predict(clf: GPTClassifier, data: ClassificationData, batch_size: int = 64) -> torch.Tensor:
-    """Predicted class of every row of ``data``."""
+    """Predicted class (N,) of every row of ``data``, on the CPU: the classifier in eval mode,
+    the rows in consecutive batches of at most ``batch_size`` (``data.batch`` on the
+    classifier's device), the class of highest logit."""
     clf.eval()
     device = next(clf.parameters()).device
     preds = []
@@ -254,6 +263,14 @@ def finetune_run(name: str, backbone: GPT, mode: str, train: ClassificationData,
     adapters first and merges them after training; ``config.seed`` seeds the head and the
     batches. Returns ``(row, classifier, history)`` where ``row`` holds the run's name, held-out
     accuracy, trainable parameters and the wall time of training.
+
+    In order: seed torch's global generator with ``config.seed`` (the head is drawn from it),
+    deep-copy the backbone, add the LoRA adapters when asked, put a :class:`GPTClassifier` with
+    ``labels.max() + 1`` classes and ``pooling`` on the copy (on the backbone's device), choose
+    what trains (:func:`set_trainable`), train (:func:`train_classifier`, timed), merge the
+    adapters, and score. ``row``: ``run`` (the name), ``accuracy`` (on ``test``),
+    ``trainable`` (parameters), ``trainable_fraction`` (of all the classifier's parameters,
+    counted before merging) and ``seconds``.
     """
     if (mode == "lora") != (lora is not None):
         raise ValueError("give lora=dict(r=..., alpha=...) exactly when mode='lora'")
@@ -272,6 +289,7 @@ def finetune_run(name: str, backbone: GPT, mode: str, train: ClassificationData,
     row = {"run": name, "accuracy": accuracy(clf, test), "trainable": trainable,
            "trainable_fraction": trainable / total, "seconds": seconds}
     return row, clf, history
+
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-044
 _CLASSIFIER_FORMAT = "gptlib-classifier-1"

@@ -56,8 +56,12 @@ class Speech:
 
 
 def split_speeches(text: str) -> list[Speech]:
-    """Cut a Tiny Shakespeare text into speeches: blocks separated by blank lines whose first
-    line is ``SPEAKER:``. Blocks without a speaker line or without words are skipped."""
+    """Cut a Tiny Shakespeare text into speeches: blocks separated by blank lines (``"\\n\\n"``)
+    whose first line is ``SPEAKER:``. A speech keeps the speaker without the colon, the rest of
+    the block stripped of surrounding whitespace (inner newlines kept), and ``start``, the offset
+    in ``text`` of its first character, the speaker line's (so ``text[start:]`` begins with
+    ``SPEAKER:``; a block may begin with extra newlines). Blocks without a speaker line or
+    without words are skipped."""
     speeches, pos = [], 0
     for block in text.split("\n\n"):
         start = pos + (len(block) - len(block.lstrip("\n")))
@@ -69,15 +73,23 @@ def split_speeches(text: str) -> list[Speech]:
 
 
 def passage(speech_text: str, max_chars: int) -> str:
-    """The start of a speech, at most ``max_chars`` long, cut at a space, newlines as spaces."""
+    """The start of a speech, at most ``max_chars`` long, cut at a space, newlines as spaces.
+
+    Every run of whitespace becomes one space. A text that fits is kept whole; otherwise it is
+    cut before the last space that keeps at most ``max_chars`` characters (so every word kept is
+    whole), or at ``max_chars`` itself when the first word alone is longer."""
     flat = " ".join(speech_text.split())
     if len(flat) <= max_chars:
         return flat
     cut = flat.rfind(" ", 0, max_chars + 1)
     return flat[:cut if cut > 0 else max_chars]
 
+
 # %% ../notebooks/08_finetuning.ipynb #ch08-009
 def _shuffle_words(text: str, g: torch.Generator) -> str:
+    """The words of ``text`` (split at single spaces), the first and the last in place, the
+    inner ones in a random order drawn with ``g``, drawn again (up to 10 times) while the order
+    is unchanged."""
     # The first and last words stay in place: a capital at the start and the punctuation at the
     # end would otherwise give the forgery away without any knowledge of the language.
     words = text.split(" ")
@@ -90,6 +102,9 @@ def _shuffle_words(text: str, g: torch.Generator) -> str:
 
 
 def _scramble_letters(text: str, g: torch.Generator) -> str:
+    """Each word (split at single spaces) of 4+ letters, all alphabetic, with its first and last
+    letters in place and its inner letters permuted with ``g`` (drawn again, up to 10 times,
+    while the word is unchanged); other words as they are."""
     def scramble(word: str) -> str:
         if len(word) < 4 or not word.isalpha():
             return word
@@ -103,6 +118,9 @@ def _scramble_letters(text: str, g: torch.Generator) -> str:
 
 
 def _random_letters(text: str, g: torch.Generator, rate: float = 0.2) -> str:
+    """Each lowercase letter, with probability ``rate`` (drawn with ``g``), replaced by a
+    lowercase letter drawn uniformly with ``g`` (possibly the same one); every other character
+    as it is."""
     letters = "abcdefghijklmnopqrstuvwxyz"
     out = []
     for ch in text:
@@ -149,6 +167,8 @@ class ForgeryTask:
 
 
 def _examples(speeches: Sequence[Speech], max_chars: int, g: torch.Generator) -> list[Example]:
+    """Label the speeches 0, 1, 2, 3, 0, ... in turn (balanced classes, in the given order) and
+    make each one's passage (``max_chars``) into an Example of its class with :func:`corrupt`."""
     out = []
     for i, s in enumerate(speeches):
         label = i % len(KINDS)  # balanced classes, in the corpus order
@@ -166,6 +186,12 @@ def make_forgery_task(text: str, val_fraction: float = 0.1, n_train_per_class: i
     is given a class in turn and corrupted accordingly. ``n_train_per_class`` passages per class
     come from training-split speeches drawn with ``seed``; the test passages come from the
     held-out split (the first ``n_test`` of them, or all).
+
+    A speech is in the training split when ``start + len(text)`` is before the cut, held out
+    when it starts at or after the cut (one that straddles the cut is never held out). Made with one generator seeded with
+    ``seed``: the training speeches are the first ``4 * n_train_per_class`` of a random
+    permutation of the training-split speeches, kept in corpus order; ``_examples`` then labels
+    and corrupts them, and the test speeches after them, with the same generator.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
@@ -175,15 +201,16 @@ def make_forgery_task(text: str, val_fraction: float = 0.1, n_train_per_class: i
     speeches = [s for s in split_speeches(text) if len(passage(s.text, max_chars).split()) >= min_words]
     seen = [s for s in speeches if s.start + len(s.text) < cut]
     held = [s for s in speeches if s.start >= cut]
-    g = torch.Generator().manual_seed(seed)
     n_train = n_train_per_class * len(KINDS)
     if len(seen) < n_train or not held:
         raise ValueError(f"not enough speeches: {len(seen)} for training (need {n_train}), "
                          f"{len(held)} held out")
+    g = torch.Generator().manual_seed(seed)
     pick = sorted(torch.randperm(len(seen), generator=g)[:n_train].tolist())
     train = _examples([seen[i] for i in pick], max_chars, g)
     test = _examples(held[:n_test] if n_test else held, max_chars, g)
     return ForgeryTask(text[:cut], train, test)
+
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-015
 def finetune_config(steps: int, batch_size: int, lr: float, weight_decay: float = 0.01,

@@ -69,7 +69,13 @@ def sft_batch(pairs: Sequence[tuple[str, str]], tokenizer, pad_id: int = 0
 def train_sft(model: GPT, pairs: Sequence[tuple[str, str]], tokenizer, config: TrainConfig,
               progress: bool = False) -> History:
     """Supervised fine-tuning with Chapter 6's ``train``: the next-token loss on the responses
-    only, on ``config.batch_size`` pairs drawn at random (with replacement) each step."""
+    only, on ``config.batch_size`` pairs drawn at random (with replacement) each step.
+
+    The pairs are encoded and masked (:func:`mask_prompt`) once. ``batch_loss(net, generator,
+    device)`` draws ``config.batch_size`` row indices with ``torch.randint`` and the run's
+    ``generator``, collates them with :func:`pad_rows` and returns the GPT's loss on them
+    (``net(ids, targets)``, which ignores ``IGNORE_INDEX``). The model is left in eval mode.
+    """
     rows = [mask_prompt(tokenizer.encode(p), tokenizer.encode(r)) for p, r in pairs]  # once
 
     def batch_loss(net: nn.Module, generator: torch.Generator, device) -> torch.Tensor:

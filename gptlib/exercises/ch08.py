@@ -41,7 +41,264 @@ def _padded(lengths, T, vocab, g):
     return torch.randint(vocab, (len(lengths), T), generator=g), padding_mask(lengths, T)
 
 
-# --------------------------------------------------------------------------- 8.1 right padding
+# --------------------------------------------------------------------------- 8.1 speeches
+_SPEECH_PROBES = [
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n",
+    "\n\nKING:\nWhat news?\n\n\nQUEEN:\nNone, my lord;\nnone at all.\n\nExeunt\n\nGHOST:\n   \n\n"
+    "HAMLET:\n  Words with spaces around  \n",
+    "A:\nx\n\n\n\nB:\ny y\n\nC:\nlast",
+]
+
+
+def _ref_speeches(text):
+    """(speaker, text, start) of every speech: a private reference for 8.1."""
+    out, offset = [], 0
+    for block in text.split("\n\n"):
+        start = offset + len(block) - len(block.lstrip("\n"))
+        offset += len(block) + len("\n\n")
+        lines = block.strip("\n").split("\n", 1)
+        body = lines[1].strip() if len(lines) == 2 else ""
+        if lines[0].endswith(":") and body:
+            out.append((lines[0][:-1], body, start))
+    return out
+
+
+@exercise("8.1", "Cut the corpus into speeches", builds="gptlib.forgery:split_speeches",
+          tier="warm-up", difficulty=2, importance=1)
+def _(split_speeches):
+    for text in _SPEECH_PROBES:
+        ref = _ref_speeches(text)
+        got = split_speeches(text)
+        expect(isinstance(got, list), f"return a list of speeches, got {type(got).__name__}")
+        try:
+            got = [(s.speaker, s.text, s.start) for s in got]
+        except AttributeError:
+            raise CheckFailed("each speech is a Speech(speaker, text, start)") from None
+        if [g[0] for g in got] != [r[0] for r in ref]:
+            if [g[0].rstrip(":") for g in got] == [r[0] for r in ref]:
+                raise CheckFailed("the speaker is the name without its colon ('All', not 'All:')")
+            raise CheckFailed(f"in {text!r} the speeches are those of {[r[0] for r in ref]}, got "
+                              f"{[g[0] for g in got]}: keep a block only when its first line ends "
+                              "with ':' and the rest has words (a stage direction or an empty "
+                              "speech is skipped)")
+        for (speaker, body, start), (_, ref_body, ref_start) in zip(got, ref):
+            expect(body == ref_body, f"the text of {speaker}'s speech in {text!r} should be "
+                                     f"{ref_body!r} (the block after the speaker line, stripped), "
+                                     f"got {body!r}")
+            if start != ref_start:
+                raise CheckFailed(f"{speaker}'s speech starts at offset {ref_start} of {text!r} "
+                                  f"(text[start:] begins with {speaker + ':'!r}), got {start}: "
+                                  "count the separators you split at and the newlines a block "
+                                  "may begin with")
+
+
+# --------------------------------------------------------------------------- 8.2 passage
+def _ref_passage(text, max_chars):
+    words, kept = text.split(), ""
+    for w in words:
+        longer = f"{kept} {w}" if kept else w
+        if len(longer) > max_chars:
+            break
+        kept = longer
+    return kept or " ".join(words)[:max_chars]
+
+
+@exercise("8.2", "A passage of whole words", builds="gptlib.forgery:passage", tier="warm-up",
+          difficulty=1, importance=1)
+def _(passage):
+    probes = [("To be, or not\nto be: that is the question", 12), ("ab cd ef", 5),
+              ("  short\n  text ", 64), ("Honorificabilitudinitatibus is long", 10),
+              ("one two\tthree four five", 13), ("Now is the winter of our discontent", 35)]
+    for text, max_chars in probes:
+        ref = _ref_passage(text, max_chars)
+        got = passage(text, max_chars)
+        expect(isinstance(got, str), f"return a string, got {type(got).__name__}")
+        if got == ref:
+            continue
+        if len(got) > max_chars:
+            raise CheckFailed(f"passage({text!r}, {max_chars}) is {len(got)} characters long: "
+                              f"at most max_chars={max_chars}")
+        if any(c in got for c in "\n\t") or "  " in got or got != got.strip():
+            raise CheckFailed(f"every run of whitespace becomes one space: for {text!r} expect "
+                              f"{ref!r}, got {got!r}")
+        if len(got) < len(ref) and ref.startswith(got):
+            raise CheckFailed(f"passage({text!r}, {max_chars}) should keep {ref!r} "
+                              f"({len(ref)} characters fit), got {got!r}: a word that ends "
+                              "exactly at max_chars still fits")
+        raise CheckFailed(f"passage({text!r}, {max_chars}) should be {ref!r}, got {got!r}: cut "
+                          "before a word that does not fit, never inside it (unless the first "
+                          "word alone is too long)")
+
+
+# --------------------------------------------------------------------------- 8.3 forgeries
+_FORGERY_TEXTS = [
+    "Before we proceed any further, hear me speak.",
+    "You are all resolved rather to die than to famish?",
+    "Speak, speak. Nay, but speak not maliciously; sir, here comes Menenius.",
+    "O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name;",
+    "What say you to this part of the thing, good cousin?",
+]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _check_shuffle(corrupt, text, out):
+    words, got = text.split(" "), out.split(" ")
+    expect(len(got) == len(words) and sorted(got) == sorted(words),
+           f"shuffled words must be the same words in another order: {text!r} became {out!r}")
+    expect(got[0] == words[0] and got[-1] == words[-1],
+           f"the first and last words stay in place (a capital or a final '?' would give the "
+           f"forgery away): {text!r} became {out!r}")
+    expect(out != text, f"'shuffled words' left {text!r} unchanged: draw the order again while "
+                        "it is the identity")
+
+
+def _check_scramble(text, out):
+    for w, v in zip(text.split(" "), out.split(" ")):
+        if len(w) < 4 or not w.isalpha():
+            expect(v == w, f"only words of 4+ letters, all alphabetic, are scrambled: {w!r} "
+                           f"became {v!r} (in {text!r})")
+            continue
+        expect(v[0] == w[0] and v[-1] == w[-1] and sorted(v) == sorted(w),
+               f"a scrambled word keeps its first and last letters and its letters: {w!r} "
+               f"became {v!r}")
+        expect(v != w or len(set(w[1:-1])) < 2,
+               f"{w!r} was left as it was in 'scrambled letters' ({text!r}): permute its inner "
+               "letters again while the word is unchanged")
+
+
+@exercise("8.3", "Forge a passage", builds="gptlib.forgery:corrupt", tier="core", difficulty=2,
+          importance=2)
+def _(corrupt):
+    kinds = ("genuine", "shuffled words", "scrambled letters", "random letters")
+    for i, text in enumerate(_FORGERY_TEXTS):
+        for kind in kinds[1:] + kinds[:1]:
+            out = corrupt(text, kind, _gen(i))
+            expect(isinstance(out, str), f"corrupt returns a string, got {type(out).__name__}")
+            if len(out) != len(text):
+                raise CheckFailed(f"{kind!r} changed the passage's length ({len(text)} -> "
+                                  f"{len(out)}: {text!r} became {out!r}); a forgery keeps the "
+                                  "length, or the length alone would give it away")
+            torch.manual_seed(1000 + i)  # another global state: only g may decide
+            again = corrupt(text, kind, _gen(i))
+            expect(again == out, f"{kind!r} of {text!r} differs between two calls with "
+                                 "generators seeded alike: draw every random number from the "
+                                 "generator g you are given, never from torch's global one")
+            if kind == "genuine":
+                expect(out == text, f"a genuine passage is returned unchanged, got {out!r}")
+            elif kind == "shuffled words":
+                _check_shuffle(corrupt, text, out)
+            elif kind == "scrambled letters":
+                _check_scramble(text, out)
+            else:
+                for a, b in zip(text, out):
+                    expect(a == b or (a.islower() and b.islower() and b.isalpha()),
+                           f"'random letters' replaces lowercase letters only, by lowercase "
+                           f"letters: {a!r} became {b!r} in {out!r}")
+    long_text = " ".join(_FORGERY_TEXTS * 8)
+    lower = sum(c.islower() for c in long_text)
+    changed = sum(a != b for a, b in zip(long_text, corrupt(long_text, "random letters", _gen(7))))
+    rate = changed / lower
+    expect(0.12 <= rate <= 0.28,
+           f"'random letters' changed {100 * rate:.0f}% of the {lower} lowercase letters of a "
+           "long text; about one in five is replaced (20%, less the draws of the same letter)")
+
+
+# --------------------------------------------------------------------------- 8.4 the split
+_WORDS = ("thou", "art", "noble", "sweet", "lord", "heaven", "night", "crown", "blood", "grace",
+          "honour", "speak", "gentle", "fair", "death", "love")
+
+
+def _tag(i):
+    """A word of letters unique to speech i (so a genuine passage can be found in the text)."""
+    s = ""
+    for _ in range(3):
+        s, i = s + "bcdfghjklmnpqrstvwxz"[i % 20], i // 20
+    return "q" + s
+
+
+def _forgery_corpus(n=60):
+    """(text, speeches): speeches of a few words each; every seventh one too short."""
+    g = torch.Generator().manual_seed(84)
+    blocks = []
+    for i in range(n):
+        k = 2 if i % 7 == 3 else 6 + int(torch.randint(4, (1,), generator=g))
+        words = [_WORDS[int(j)] for j in torch.randint(len(_WORDS), (k,), generator=g)]
+        words.insert(1, _tag(i))
+        blocks.append(f"SPEAKER{i % 5}:\n" + " ".join(words).capitalize() + ".")
+    text = "\n\n".join(blocks) + "\n"
+    return text, _ref_speeches(text)
+
+
+@exercise("8.4", "A held-out split that stays held out", builds="gptlib.forgery:make_forgery_task",
+          tier="core", difficulty=2, importance=3)
+def _(make_forgery_task):
+    text, speeches = _forgery_corpus()
+    for seed, n_per, n_test, straddle in [(0, 3, None, 45), (1, 2, 5, 50)]:
+        sp = speeches[straddle]  # the cut falls inside this speech: it is in neither split
+        cut = sp[2] + 12
+        vf = 1.0 - (cut + 0.5) / len(text)
+        kw = dict(val_fraction=vf, n_train_per_class=n_per, max_chars=40, min_words=5,
+                  n_test=n_test, seed=seed)
+        task = make_forgery_task(text, **kw)
+        expect(all(hasattr(task, a) for a in ("pretrain_text", "train", "test")),
+               "return a ForgeryTask(pretrain_text, train, test)")
+        if task.pretrain_text != text[:cut]:
+            raise CheckFailed(f"pretrain_text should be the training split, text[:cut] with cut = "
+                              f"int(len(text) * (1 - val_fraction)) = {cut} characters, got "
+                              f"{len(task.pretrain_text)} characters")
+        long_enough = [s for s in speeches if len(_ref_passage(s[1], 40).split()) >= 5]
+        held = [s for s in long_enough if s[2] >= cut][:n_test]
+        train_labels = [e.label for e in task.train]
+        expect(len(task.train) == 4 * n_per and all(train_labels.count(c) == n_per
+                                                     for c in range(4)),
+               f"n_train_per_class={n_per}: {4 * n_per} training passages, {n_per} of each class; "
+               f"got labels {train_labels}")
+        expect([e.label for e in task.test] == [i % 4 for i in range(len(task.test))],
+               f"label the speeches in turn (0, 1, 2, 3, 0, ...); the test labels are "
+               f"{[e.label for e in task.test]}")
+        for e in task.train + task.test:
+            expect(len(e.text.split()) >= 5, f"{e.text!r} has fewer than min_words=5 words: "
+                                             "keep only the speeches whose passage has enough")
+        for i, e in enumerate(task.test):
+            if e.label != 0:
+                continue
+            at = text.find(e.text)
+            expect(at >= 0, f"the genuine test passage {e.text!r} is not in the text unchanged")
+            if at < cut:
+                raise CheckFailed(f"the test passage {e.text!r} starts at offset {at}, before the "
+                                  f"cut at {cut}: pretraining read it. A held-out speech starts "
+                                  "at or after the cut; one that straddles it is in neither split")
+            expect(i < len(held) and e.text == _ref_passage(held[i][1], 40),
+                   f"test passage {i} should come from held-out speech {i} (in corpus order"
+                   + (f", the first n_test={n_test}" if n_test else "") + f"), got {e.text!r}")
+        expect(len(task.test) == len(held),
+               f"{len(held)} held-out speeches are long enough"
+               + (f" (n_test={n_test} keeps the first ones)" if n_test else "")
+               + f", so {len(held)} test passages; got {len(task.test)}")
+        for e in task.train:
+            if e.label == 0:
+                at = text.find(e.text)
+                ends = [s[2] + len(s[0]) + 2 + len(s[1]) for s in speeches if s[1].startswith(e.text)]
+                expect(at >= 0 and ends and ends[0] < cut,
+                       f"the training passage {e.text!r} must come from a speech that ends "
+                       f"before the cut at {cut}")
+        torch.manual_seed(seed + 99)  # another global state: only the seeded generator may decide
+        again = make_forgery_task(text, **kw)
+        expect([(e.text, e.label) for e in again.train + again.test]
+               == [(e.text, e.label) for e in task.train + task.test],
+               f"two calls with seed={seed} gave different tasks: draw everything from one "
+               "torch.Generator seeded with seed")
+    other = make_forgery_task(text, **dict(kw, seed=7))
+    expect([e.text for e in other.train] != [e.text for e in task.train],
+           "seed=1 and seed=7 drew the same training passages: draw them at random with the "
+           "seeded generator")
+
+
+# --------------------------------------------------------------------------- 8.5 right padding
 class _Chars:
     """A stand-in tokenizer: 'a' -> 1, 'b' -> 2, ..."""
 
@@ -56,7 +313,7 @@ def _ref_encode(texts, max_len, pad_id):
     return ids, padding_mask([len(r) for r in rows], T)
 
 
-@exercise("8.1", "Right-pad a batch", builds="gptlib.classify:encode_batch", tier="warm-up",
+@exercise("8.5", "Right-pad a batch", builds="gptlib.classify:encode_batch", tier="warm-up",
           difficulty=1, importance=2)
 def _(encode_batch):
     probes = [(["abc", "a", "abcdefgh", "ba"], 5, 0), (["dcb", "abcd"], 8, 30), (["e"], 3, 7),
@@ -91,8 +348,8 @@ def _(encode_batch):
                           f"{ref_ids.tolist()}, got {ids.tolist()}")
 
 
-# --------------------------------------------------------------------------- 8.2 last real token
-@exercise("8.2", "Pool the last real token", builds="gptlib.classify:pool_last", tier="core",
+# --------------------------------------------------------------------------- 8.6 last real token
+@exercise("8.6", "Pool the last real token", builds="gptlib.classify:pool_last", tier="core",
           difficulty=2, importance=3)
 def _(pool_last):
     g = torch.Generator().manual_seed(8)
@@ -127,8 +384,8 @@ def _(pool_last):
                               "row b, take hidden[b, L_b - 1] with L_b = attention_mask[b].sum()")
 
 
-# --------------------------------------------------------------------------- 8.3 mean pool
-@exercise("8.3", "Mean over the real tokens", builds="gptlib.classify:pool_mean", tier="warm-up",
+# --------------------------------------------------------------------------- 8.7 mean pool
+@exercise("8.7", "Mean over the real tokens", builds="gptlib.classify:pool_mean", tier="warm-up",
           difficulty=1, importance=2)
 def _(pool_mean):
     g = torch.Generator().manual_seed(83)
@@ -156,7 +413,7 @@ def _(pool_mean):
                               "sum hidden * mask over T, divide by mask.sum(1)")
 
 
-# --------------------------------------------------------------------------- 8.4 LM targets
+# --------------------------------------------------------------------------- 8.8 LM targets
 def _ref_lm_targets(ids, mask):
     out = torch.full_like(ids, IGNORE_INDEX)
     nxt = ids[:, 1:].clone()
@@ -165,7 +422,7 @@ def _ref_lm_targets(ids, mask):
     return out
 
 
-@exercise("8.4", "Language-model targets of a padded batch", builds="gptlib.classify:lm_targets",
+@exercise("8.8", "Language-model targets of a padded batch", builds="gptlib.classify:lm_targets",
           tier="warm-up", difficulty=2, importance=2)
 def _(lm_targets):
     g = torch.Generator().manual_seed(84)
@@ -198,7 +455,7 @@ def _(lm_targets):
                               f"got {int(out[b, t])}")
 
 
-# --------------------------------------------------------------------------- 8.5 classifier
+# --------------------------------------------------------------------------- 8.9 classifier
 def _ref_pool(hidden, mask, pooling):
     if pooling == "last":
         return hidden[torch.arange(hidden.size(0)), mask.long().sum(1) - 1]
@@ -206,7 +463,7 @@ def _ref_pool(hidden, mask, pooling):
     return (hidden * w).sum(1) / w.sum(1)
 
 
-@exercise("8.5", "The classification head", builds="gptlib.classify:GPTClassifier", tier="core",
+@exercise("8.9", "The classification head", builds="gptlib.classify:GPTClassifier", tier="core",
           difficulty=2, importance=3)
 def _(classifier_cls):
     g = torch.Generator().manual_seed(85)
@@ -275,7 +532,7 @@ def _(classifier_cls):
                                   f"{float(aux):.5f}, expected {float(ce + lam * lm):.5f}")
 
 
-# --------------------------------------------------------------------------- 8.6 freezing
+# --------------------------------------------------------------------------- 8.10 freezing
 class _Adapter(nn.Module):
     def __init__(self, base: nn.Linear, r: int = 2):
         super().__init__()
@@ -307,7 +564,7 @@ def _ref_trainable(clf, mode, n_top):
     return keep
 
 
-@exercise("8.6", "Choose what trains", builds="gptlib.classify:set_trainable", tier="core",
+@exercise("8.10", "Choose what trains", builds="gptlib.classify:set_trainable", tier="core",
           difficulty=2, importance=2)
 def _(set_trainable):
     clf = _Classifier(_tiny_gpt(0, n_layer=3))
@@ -351,8 +608,119 @@ def _(set_trainable):
                f"{where}: return the number of trainable parameters")
 
 
-# --------------------------------------------------------------------------- 8.7 confusion matrix
-@exercise("8.7", "A confusion matrix", builds="gptlib.classify:confusion_matrix", tier="warm-up",
+# --------------------------------------------------------------------------- 8.11 the batch loss
+class _RecordingClassifier(nn.Module):
+    """Stands in for a classifier: records every batch it is given, returns a real loss."""
+
+    def __init__(self, n_classes: int = 3):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+        self.calls = []
+
+    def forward(self, ids, attention_mask, labels=None, lm_lambda=0.0):
+        self.calls.append((ids.detach().cpu().clone(), attention_mask.detach().cpu().clone(),
+                           None if labels is None else labels.detach().cpu().clone(), lm_lambda))
+        logits = self.bias.expand(ids.size(0), -1) + 0.01 * ids[:, :1].float()
+        return logits, (None if labels is None else F.cross_entropy(logits, labels))
+
+
+def _row_data(n: int, T: int = 9, seed: int = 0):
+    """A ClassificationData whose row i starts with token i + 1 (so a batch shows its rows)."""
+    from gptlib.classify import ClassificationData
+    g = torch.Generator().manual_seed(seed)
+    lengths = [1 + int(torch.randint(T - 2, (1,), generator=g)) for _ in range(n)]
+    lengths[0] = T
+    mask = padding_mask(lengths, T)
+    ids = torch.randint(1, 30, (n, T), generator=g).masked_fill(~mask, 0)
+    ids[:, 0] = torch.arange(1, n + 1)
+    return ClassificationData(ids, mask, torch.arange(n) % 3)
+
+
+def _cpu_config(steps, batch_size, seed=3):
+    from gptlib.training import TrainConfig
+    return TrainConfig(max_steps=steps, batch_size=batch_size, lr=1e-2, min_lr=1e-3,
+                       warmup_steps=0, eval_interval=10_000, seed=seed, device="cpu",
+                       compile=False, precision="float32")
+
+
+@exercise("8.11", "Feed the training loop", builds="gptlib.classify:train_classifier", tier="core",
+          difficulty=2, importance=3)
+def _(train_classifier):
+    runs = []
+    for n, bs, steps in [(10, 4, 5), (7, 3, 7)]:
+        data = _row_data(n, seed=n)
+        for global_seed in (0, 1):
+            torch.manual_seed(global_seed)  # only the run's generator may decide the batches
+            clf = _RecordingClassifier()
+            train_classifier(clf, data, _cpu_config(steps, bs), lm_lambda=0.25)
+            expect(len(clf.calls) == steps, f"{steps} steps should call the classifier {steps} "
+                                            f"times, got {len(clf.calls)}")
+            rows = []
+            for ids, mask, labels, lam in clf.calls:
+                expect(labels is not None, "give the labels to the classifier: it returns the loss")
+                expect(ids.size(0) == bs, f"each batch holds config.batch_size={bs} rows, got "
+                                          f"{ids.size(0)}")
+                index = ids[:, 0] - 1
+                expect(ids.size(1) == int(data.attention_mask[index].sum(1).max()),
+                       "a batch is trimmed to its longest real row: take it with "
+                       "data.batch(index, device)")
+                expect(torch.equal(labels, data.labels[index]),
+                       "the labels must be those of the batch's rows")
+                expect(lam == 0.25, f"pass lm_lambda on to the classifier: train_classifier was "
+                                    f"given lm_lambda=0.25, the classifier got {lam}")
+                rows += index.tolist()
+            for start in range(0, len(rows) - n + 1, n):
+                one_pass = rows[start:start + n]
+                if sorted(one_pass) != list(range(n)):
+                    raise CheckFailed(f"with {n} rows and batches of {bs}, the rows drawn were "
+                                      f"{rows}: row {max(set(one_pass), key=one_pass.count)} "
+                                      "came twice before every row was seen once. Take rows "
+                                      "from a queue refilled with a fresh permutation when it "
+                                      "runs short")
+            runs.append(rows)
+        expect(runs[-1] == runs[-2], "two runs with the same config.seed drew different batches: "
+                                     "draw the permutation with the generator train gives you")
+
+
+# --------------------------------------------------------------------------- 8.12 predict
+class _RuleClassifier(nn.Module):
+    """Predicts (first token + number of real tokens) % n_classes; records its batches."""
+
+    def __init__(self, n_classes: int = 3):
+        super().__init__()
+        self.n_classes = n_classes
+        self.scale = nn.Parameter(torch.ones(()))
+        self.batches = []
+
+    def forward(self, ids, attention_mask, labels=None, lm_lambda=0.0):
+        self.batches.append((ids.size(0), self.training))
+        cls = (ids[:, 0] + attention_mask.long().sum(1)) % self.n_classes
+        return self.scale * F.one_hot(cls, self.n_classes).float() * 3.0, None
+
+
+@exercise("8.12", "Predict in batches", builds="gptlib.classify:predict", tier="warm-up",
+          difficulty=1, importance=2)
+def _(predict):
+    for n, bs in [(11, 4), (5, 8), (9, 3)]:
+        data = _row_data(n, seed=n)
+        ref = (data.ids[:, 0] + data.attention_mask.sum(1)) % 3
+        clf = _RuleClassifier().train()
+        out = predict(clf, data, batch_size=bs)
+        expect(isinstance(out, torch.Tensor), f"return a tensor of classes, got {type(out).__name__}")
+        expect(out.shape == ref.shape, f"{n} rows in batches of {bs}: one class per row, shape "
+                                       f"{tuple(ref.shape)}, got {tuple(out.shape)} (the last "
+                                       "batch may be shorter)")
+        expect(all(not training for _, training in clf.batches),
+               "predict in eval mode (clf.eval()): dropout must be off")
+        expect(all(size <= bs for size, _ in clf.batches),
+               f"batch_size={bs}, but a batch of {max(s for s, _ in clf.batches)} rows was given")
+        expect(not out.is_floating_point() and torch.equal(out.long(), ref),
+               f"the prediction is the class of highest logit (argmax over the classes, dim=-1) "
+               f"of each row, in order: expected {ref.tolist()}, got {out.tolist()}")
+
+
+# --------------------------------------------------------------------------- 8.13 confusion matrix
+@exercise("8.13", "A confusion matrix", builds="gptlib.classify:confusion_matrix", tier="warm-up",
           difficulty=1, importance=1)
 def _(confusion_matrix):
     probes = [([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3),
@@ -379,13 +747,66 @@ def _(confusion_matrix):
                           f"{out.tolist()}")
 
 
-# --------------------------------------------------------------------------- 8.8 loss masking
+# --------------------------------------------------------------------------- 8.14 one run
+def _lora_params(model, r):
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and name.split(".")[-1] in ("c_attn", "c_proj", "c_fc"))
+
+
+@exercise("8.14", "One fine-tuning run", builds="gptlib.classify:finetune_run", tier="core",
+          difficulty=2, importance=2)
+def _(finetune_run):
+    from gptlib.classify import ClassificationData
+    backbone = _tiny_gpt(seed=14, vocab_size=31)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    g = torch.Generator().manual_seed(14)
+    mask = padding_mask([5, 3, 7, 2, 6, 4, 7, 1], 7)
+    data = ClassificationData(torch.randint(31, (8, 7), generator=g), mask, torch.arange(8) % 4)
+    n_embd, head = backbone.config.n_embd, backbone.config.n_embd * 4 + 4
+    total = sum(p.numel() for p in backbone.parameters()) + head
+    for mode, lora, trains in [("head", None, head), ("full", None, total),
+                               ("lora", dict(r=2, alpha=4), head + _lora_params(backbone, 2))]:
+        torch.manual_seed(100)
+        row, clf, _ = finetune_run("probe", backbone, mode, data, data, _cpu_config(3, 4),
+                                   lora=lora, pooling="mean")
+        expect(all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items()),
+               f"mode={mode!r} changed the backbone it was given: fine-tune a deep copy "
+               "(copy.deepcopy), so that every run starts from the same pretrained weights")
+        expect(isinstance(row, dict) and {"run", "accuracy", "trainable", "trainable_fraction",
+                                          "seconds"} <= set(row),
+               "row holds run, accuracy, trainable, trainable_fraction and seconds")
+        expect(row["trainable"] == trains,
+               f"mode={mode!r} trains {trains} parameters of this tiny model, the row says "
+               f"{row['trainable']}" + (": add the adapters before choosing what trains"
+                                        if mode == "lora" else ""))
+        expect(abs(row["trainable_fraction"] - trains / (total + (trains - head if lora else 0)))
+               < 1e-9, "trainable_fraction is trainable / all the classifier's parameters, "
+                       "counted before merging")
+        expect(not any(".lora_" in k for k in clf.state_dict()),
+               f"mode={mode!r}: the classifier still holds LoRA adapters after the run: merge "
+               "them (merge_lora) after training, so it is a plain GPT again")
+        with torch.no_grad():
+            logits = clf(data.ids, data.attention_mask)[0]
+        acc = (logits.argmax(-1) == data.labels).float().mean().item()
+        expect(abs(row["accuracy"] - acc) < 1e-6, f"row['accuracy'] should be the classifier's "
+                                                  f"accuracy on test ({acc:.3f}), got "
+                                                  f"{row['accuracy']}")
+        if mode == "head":
+            torch.manual_seed(200)
+            _, clf2, _ = finetune_run("probe", backbone, mode, data, data, _cpu_config(3, 4),
+                                      pooling="mean")
+            expect(torch.equal(clf.head.weight, clf2.head.weight),
+                   "two runs with the same config.seed gave different heads: seed torch with "
+                   "config.seed before the classifier (and its head) is made")
+
+
+# --------------------------------------------------------------------------- 8.15 loss masking
 def _reference_mask(prompt, response):
     seq = list(prompt) + list(response)
     return seq[:-1], [IGNORE_INDEX] * (len(prompt) - 1) + seq[len(prompt):]
 
 
-@exercise("8.8", "Mask the prompt", builds="gptlib.instruct:mask_prompt", tier="core",
+@exercise("8.15", "Mask the prompt", builds="gptlib.instruct:mask_prompt", tier="core",
           difficulty=2, importance=3)
 def _(mask_prompt):
     probes = [([5, 6, 7, 8], [1, 2, 3]), ([9], [4, 4]), ([3, 1, 4, 1, 5, 9], [2]),
@@ -425,8 +846,8 @@ def _(mask_prompt):
                           "len(prompt) - 1 entries (the prompt's own tokens) replaced by -100")
 
 
-# --------------------------------------------------------------------------- 8.9 collate SFT rows
-@exercise("8.9", "Collate a batch of SFT rows", builds="gptlib.instruct:pad_rows", tier="core",
+# --------------------------------------------------------------------------- 8.16 collate SFT rows
+@exercise("8.16", "Collate a batch of SFT rows", builds="gptlib.instruct:pad_rows", tier="core",
           difficulty=2, importance=2)
 def _(pad_rows):
     I = IGNORE_INDEX
@@ -461,7 +882,67 @@ def _(pad_rows):
                f"{ids[~mask].unique().tolist()}")
 
 
-# --------------------------------------------------------------------------- 8.10 greedy answers
+# --------------------------------------------------------------------------- 8.17 train_sft
+class _RecordingLM(nn.Module):
+    """Stands in for a GPT: ``forward(ids, targets)`` records the batch, returns a real loss."""
+
+    def __init__(self, vocab: int = 40):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(vocab))
+        self.calls = []
+
+    def forward(self, ids, targets=None):
+        self.calls.append((ids.detach().cpu().clone(),
+                           None if targets is None else targets.detach().cpu().clone()))
+        logits = self.bias.expand(*ids.shape, -1)
+        loss = None if targets is None else F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+
+def _sft_row(prompt, response):
+    p, r = [ord(c) - 96 for c in prompt], [ord(c) - 96 for c in response]
+    seq = p + r
+    return seq[:-1], [IGNORE_INDEX] * (len(p) - 1) + r
+
+
+@exercise("8.17", "Instruction tuning with the course's loop", builds="gptlib.instruct:train_sft",
+          tier="core", difficulty=2, importance=2)
+def _(train_sft):
+    pairs = [("abc", "de"), ("fgh", "i"), ("jklm", "no"), ("pq", "rst"), ("uvw", "x"),
+             ("yza", "bc"), ("de", "fghi"), ("jk", "lm")]
+    rows = {tuple(_sft_row(p, r)[0]): _sft_row(p, r)[1] for p, r in pairs}
+    draws = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)  # only the run's generator may decide the batches
+        model = _RecordingLM()
+        train_sft(model, pairs, _Chars(), _cpu_config(6, 3))
+        expect(len(model.calls) == 6, f"6 steps should call the model 6 times, got {len(model.calls)}")
+        drawn = []
+        for ids, targets in model.calls:
+            expect(targets is not None, "give the model the targets: net(ids, targets) returns the loss")
+            expect(ids.size(0) == 3, f"each batch holds config.batch_size=3 rows, got {ids.size(0)}")
+            for b in range(ids.size(0)):
+                key = next((k for k in rows if ids[b, :len(k)].tolist() == list(k)
+                            and (ids[b, len(k):] == 0).all()), None)
+                expect(key is not None, f"row {ids[b].tolist()} is not the inputs of one pair, "
+                                        "right-padded: collate the rows with pad_rows")
+                want = rows[key] + [IGNORE_INDEX] * (ids.size(1) - len(key))
+                if targets[b].tolist() != want:
+                    raise CheckFailed(f"the targets of inputs {list(key)} should be {want} (the "
+                                      f"next token, the prompt and the padding IGNORE_INDEX), "
+                                      f"got {targets[b].tolist()}: encode each pair and mask it "
+                                      "with mask_prompt")
+                drawn.append(key)
+        draws.append(drawn)
+        expect(len(set(drawn)) > 3, f"6 steps of 3 rows drew only {len(set(drawn))} different "
+                                    f"pairs of {len(pairs)}: draw the rows of every batch at random")
+    expect(draws[0] == draws[1], "two runs with the same config.seed drew different batches: "
+                                 "draw with the generator train gives you (torch.randint(..., "
+                                 "generator=generator))")
+
+
+# --------------------------------------------------------------------------- 8.18 greedy answers
 def _greedy_alone(model, tok, prompt, max_new_tokens):
     ids = torch.tensor([tok.encode(prompt)])
     with torch.no_grad():
@@ -471,7 +952,7 @@ def _greedy_alone(model, tok, prompt, max_new_tokens):
     return tok.decode(ids[0, len(tok.encode(prompt)):].tolist())
 
 
-@exercise("8.10", "Greedy answers in batches", builds="gptlib.instruct:greedy_answers",
+@exercise("8.18", "Greedy answers in batches", builds="gptlib.instruct:greedy_answers",
           tier="core", difficulty=3, importance=2)
 def _(greedy_answers):
     from gptlib.tokenizer import CharTokenizer
@@ -516,8 +997,8 @@ def _(greedy_answers):
                               "model reads: batch only prompts of the same length")
 
 
-# --------------------------------------------------------------------------- 8.11 LoRA linear
-@exercise("8.11", "A LoRA linear layer", builds="gptlib.lora:LoRALinear", tier="core",
+# --------------------------------------------------------------------------- 8.19 LoRA linear
+@exercise("8.19", "A LoRA linear layer", builds="gptlib.lora:LoRALinear", tier="core",
           difficulty=3, importance=3)
 def _(lora_cls):
     torch.manual_seed(0)
@@ -592,7 +1073,7 @@ def _(lora_cls):
                                                    "it computed before merging")
 
 
-# --------------------------------------------------------------------------- 8.12 apply LoRA
+# --------------------------------------------------------------------------- 8.20 apply LoRA
 def _linear_children(model, targets):
     out = []
     for name, module in model.named_modules():
@@ -602,7 +1083,7 @@ def _linear_children(model, targets):
     return out
 
 
-@exercise("8.12", "Apply LoRA to a model", builds="gptlib.lora:apply_lora", tier="core",
+@exercise("8.20", "Apply LoRA to a model", builds="gptlib.lora:apply_lora", tier="core",
           difficulty=2, importance=3)
 def _(apply_lora):
     for seed, targets, r in [(0, ("c_attn",), 2), (1, ("c_attn", "c_proj", "c_fc"), 1),
@@ -644,7 +1125,7 @@ def _(apply_lora):
                    "before (every lora_B starts at zero)")
 
 
-# --------------------------------------------------------------------------- 8.13 merge LoRA
+# --------------------------------------------------------------------------- 8.21 merge LoRA
 def _lora_class_of(candidate):
     cls = getattr(candidate, "__globals__", {}).get("LoRALinear")
     if isinstance(cls, type):
@@ -653,7 +1134,7 @@ def _lora_class_of(candidate):
     return LoRALinear
 
 
-@exercise("8.13", "Merge the adapters back", builds="gptlib.lora:merge_lora", tier="warm-up",
+@exercise("8.21", "Merge the adapters back", builds="gptlib.lora:merge_lora", tier="warm-up",
           difficulty=2, importance=2)
 def _(merge_lora):
     lora_cls = _lora_class_of(merge_lora)  # the adapters the candidate's own module makes
@@ -692,7 +1173,7 @@ def _(merge_lora):
                "the merged model has exactly the original model's tensors")
 
 
-# --------------------------------------------------------------------------- 8.14 rank experiment
+# --------------------------------------------------------------------------- 8.22 rank experiment
 class _PrivateLoRA(nn.Module):
     def __init__(self, base, r=4, alpha=8.0):
         super().__init__()
@@ -717,7 +1198,7 @@ def _rank_k_change(k, n=16, seed=0):
     return W0, U @ V.T          # k singular values of 1
 
 
-@exercise("8.14", "Fit a low-rank change", tier="stretch", difficulty=2, importance=2)
+@exercise("8.22", "Fit a low-rank change", tier="stretch", difficulty=2, importance=2)
 def _(adapter_fit_loss):
     n = 16
     for k, ranks in [(2, (1, 2, 3)), (3, (2, 4)), (1, (1,))]:
