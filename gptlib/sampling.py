@@ -5,7 +5,7 @@ stop tokens and a KV cache), ``stream`` and ``KVCache``. Built in Chapter 7 (not
 
 # %% auto #0
 __all__ = ['check_sampling_args', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'next_token_probs', 'sample_next',
-           'generate', 'stream', 'LayerKVCache', 'KVCache']
+           'generate', 'stream', 'LayerKVCache', 'KVCache', 'StaticLayerKVCache', 'StaticKVCache']
 
 # %% ../notebooks/07_sampling.ipynb #ch07-013
 import math
@@ -17,6 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% ../notebooks/07_sampling.ipynb #ch07-014
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def check_sampling_args(temperature: float = 1.0, top_k: Optional[int] = None,
                         top_p: Optional[float] = None) -> None:
     """Raise a ValueError naming the problem when a sampling setting is out of range.
@@ -24,14 +32,11 @@ def check_sampling_args(temperature: float = 1.0, top_k: Optional[int] = None,
     ``temperature`` is a finite number >= 0 (0 means greedy), ``top_k`` is None or an int >= 1,
     ``top_p`` is None or a number in (0, 1].
     """
-    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
-            or not math.isfinite(temperature) or temperature < 0):
+    if not (_is_real(temperature) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
-                              or top_k < 1):
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
         raise ValueError(f"top_k must be None (no filter) or an int >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
-                              or not 0 < top_p <= 1):
+    if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be None (no filter) or a number in (0, 1], got {top_p!r}")
 
 # %% ../notebooks/07_sampling.ipynb #ch07-016
@@ -99,50 +104,43 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Opti
 # %% ../notebooks/07_sampling.ipynb #ch07-025
 def _as_prompt(idx, model: nn.Module):
     """The prompt as a (B, T) LongTensor on the model's device, and whether it came in 1-D."""
+    if isinstance(idx, (str, bytes)):
+        raise ValueError("the prompt must be token ids, not text: encode it with a tokenizer first")
     if not isinstance(idx, torch.Tensor):
-        if isinstance(idx, (str, bytes)):
-            raise ValueError("the prompt must be token ids, not text: encode it with a tokenizer first")
         try:
             values = list(idx)
         except TypeError:
-            raise ValueError(f"the prompt must be a tensor or a list of token ids, got {type(idx).__name__}")
-        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in values):
-            raise ValueError(f"the prompt must hold integer token ids, got {values[:5]!r}...")
+            values = None
+        if values is None or not all(_is_int(i) for i in values):
+            raise ValueError(f"the prompt must be a tensor or a list of integer token ids, got {idx!r:.40}")
         idx = torch.tensor(values, dtype=torch.long)
     if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
         raise ValueError(f"the prompt must hold integer token ids, got dtype {idx.dtype}")
     one_d = idx.dim() == 1
-    if one_d:
-        idx = idx[None]
+    idx = idx[None] if one_d else idx
     if idx.dim() != 2:
         raise ValueError(f"the prompt must have shape (T,) or (batch, T), got {tuple(idx.shape)}")
-    if idx.size(1) == 0 or idx.size(0) == 0:
+    if idx.numel() == 0:
         raise ValueError("the prompt is empty: give at least one token (e.g. the id of a newline)")
-    vocab_size = model.config.vocab_size
-    if int(idx.min()) < 0 or int(idx.max()) >= vocab_size:
-        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
-        raise ValueError(f"the prompt holds token id {bad}, outside [0, {vocab_size - 1}]")
+    bad = idx[(idx < 0) | (idx >= model.config.vocab_size)]
+    if bad.numel():
+        raise ValueError(f"the prompt holds token id {int(bad[0])}, outside [0, {model.config.vocab_size - 1}]")
     return idx.long().to(model.lm_head.weight.device), one_d
 
 
-def _as_stop_tokens(stop_tokens) -> Optional[torch.Tensor]:
+def _check_generate_args(max_new_tokens, temperature, top_k, top_p, stop_tokens, use_cache):
+    """Check generate's settings; return the stop tokens as None or a 1-D LongTensor."""
+    check_sampling_args(temperature, top_k, top_p)
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if use_cache not in (True, False, "static"):
+        raise ValueError(f"use_cache must be True, False or 'static', got {use_cache!r}")
     if stop_tokens is None:
         return None
-    if isinstance(stop_tokens, numbers.Integral) and not isinstance(stop_tokens, bool):
-        stop_tokens = [stop_tokens]
-    values = list(stop_tokens)
-    if not values or not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in values):
+    values = [stop_tokens] if _is_int(stop_tokens) else stop_tokens
+    if isinstance(values, (str, bytes)) or not values or not all(_is_int(t) for t in values):
         raise ValueError(f"stop_tokens must be None, a token id or a list of token ids, got {stop_tokens!r}")
     return torch.tensor([int(t) for t in values], dtype=torch.long)
-
-
-def _check_generate_args(max_new_tokens, temperature, top_k, top_p, stop_tokens):
-    check_sampling_args(temperature, top_k, top_p)
-    if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
-            or max_new_tokens < 0):
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    return _as_stop_tokens(stop_tokens)
-
 
 # %% ../notebooks/07_sampling.ipynb #ch07-025b
 def _draw(probs: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -170,36 +168,31 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[
 
 def _generate_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
                     temperature: float, top_k: Optional[int], top_p: Optional[float],
-                    stops: Optional[torch.Tensor], use_cache: bool,
+                    stops: Optional[torch.Tensor], cache, step,
                     generator: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
     """Yield the new tokens one step at a time, each a LongTensor (B,): the engine of
     :func:`generate` and :func:`stream` (``idx`` is a checked (B, T) prompt, ``stops`` None or
-    a 1-D LongTensor of stop-token ids).
+    a 1-D LongTensor of stop-token ids, ``cache`` None or an empty :class:`KVCache`, ``step`` the
+    model's ``next_token_logits`` or a compiled version of it).
 
-    Each step feeds the model the context cropped to its last ``block_size`` tokens (with the
-    cache, ``cache.next_input(idx)``), takes the last position's logits, chooses the next tokens
-    with :func:`sample_next`, appends them to ``idx`` and yields them. With ``stops``, a row that
-    has chosen a stop token is done and repeats that token at every later step; the loop ends
-    after the step in which the last row is done.
-
-    Cropping rule: the model sees at most ``block_size`` tokens. Without the cache every step
-    feeds the last ``block_size`` tokens. With the cache, each step feeds only the new token
-    at its absolute position; when the cache is full (``block_size`` positions) it is emptied
-    and refilled from the last ``block_size`` tokens, so the model sees exactly what the
-    no-cache path sees, at the same positions.
+    The model runs in eval mode (no dropout) and gets its own mode back at the end, also when the
+    caller stops early. Each step feeds ``step(feed, cache=cache)`` the context cropped to its last
+    ``block_size`` tokens (with the cache, ``cache.next_input(idx)``), chooses the next tokens
+    from the last position's logits with :func:`sample_next`, appends them to ``idx`` and yields
+    them. With ``stops``, a row that has chosen a stop token is done and repeats that token at
+    every later step; the loop ends after the step in which the last row is done.
     """
     block_size = model.config.block_size
-    cache = KVCache(model.config.n_layer, block_size) if use_cache else None
     stops = None if stops is None else stops.to(idx.device)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # rows that chose a stop
     repeat = torch.zeros_like(done, dtype=torch.long)   # the stop token each done row repeats
     was_training = model.training
     model.eval()
     try:
-        for step in range(max_new_tokens):
+        for _ in range(max_new_tokens):
             feed = idx[:, -block_size:] if cache is None else cache.next_input(idx)
             with torch.no_grad():
-                logits = model.next_token_logits(feed, cache=cache)   # (B, vocab): last position
+                logits = step(feed, cache=cache)            # (B, vocab): the last position's
             nxt = sample_next(logits, temperature, top_k, top_p, generator).view(-1)
             if stops is not None:
                 nxt = torch.where(done, repeat, nxt)        # finished rows repeat their stop token
@@ -213,10 +206,28 @@ def _generate_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
     finally:
         model.train(was_training)
 
+
 # %% ../notebooks/07_sampling.ipynb #ch07-025c
+def _new_cache(model: nn.Module, batch: int, use_cache):
+    """None (``use_cache=False``), a :class:`KVCache` (True) or a :class:`StaticKVCache`
+    ("static", allocated now for this batch) sized for ``model``."""
+    if use_cache == "static":
+        return StaticKVCache.for_model(model, batch)
+    return KVCache(model.config.n_layer, model.config.block_size) if use_cache else None
+
+
+def _decode_step(model: nn.Module, compile_step: bool):
+    """``model.next_token_logits``, compiled with CUDA graphs (``mode="reduce-overhead"``) when
+    ``compile_step`` is set and the model is on a CUDA device; elsewhere ``compile_step`` is ignored."""
+    if compile_step and model.lm_head.weight.device.type == "cuda":
+        return torch.compile(model.next_token_logits, mode="reduce-overhead")
+    return model.next_token_logits
+
+
 def generate(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, stop_tokens=None,
-             use_cache: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+             use_cache=True, generator: Optional[torch.Generator] = None,
+             compile_step: bool = False) -> torch.Tensor:
     """Continue the prompt ``idx`` by up to ``max_new_tokens`` tokens; return prompt + new tokens.
 
     Args:
@@ -228,35 +239,41 @@ def generate(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.
         top_p: keep the smallest set of most likely tokens whose probability reaches p (None: all).
         stop_tokens: a token id or ids; a sequence ends after it emits one (the stop token is
             included). In a batch, finished rows repeat their stop token until all are done.
-        use_cache: reuse keys and values with a :class:`KVCache` (same tokens, much faster).
+        use_cache: True reuses keys and values with a :class:`KVCache`, "static" with a
+            :class:`StaticKVCache` allocated up front, False recomputes them (same tokens).
         generator: a ``torch.Generator`` for the random draws; the same seed gives the same text.
+        compile_step: on a CUDA device, compile the per-token step with CUDA graphs (opt-in;
+            elsewhere ignored). The tokens are the same.
 
     Bad settings (temperature < 0, top_k < 1, top_p outside (0, 1], an empty prompt,
     non-integer or out-of-vocabulary ids) raise ValueError.
     """
-    stops = _check_generate_args(max_new_tokens, temperature, top_k, top_p, stop_tokens)
+    stops = _check_generate_args(max_new_tokens, temperature, top_k, top_p, stop_tokens, use_cache)
     prompt, one_d = _as_prompt(idx, model)
+    cache, step = _new_cache(model, prompt.size(0), use_cache), _decode_step(model, compile_step)
     new = list(_generate_steps(model, prompt, max_new_tokens, temperature, top_k, top_p,
-                               stops, use_cache, generator))
+                               stops, cache, step, generator))
     out = torch.cat([prompt] + [t[:, None] for t in new], dim=1)
     return out[0] if one_d else out
 
 
 def stream(model: nn.Module, idx, max_new_tokens: int, temperature: float = 1.0,
            top_k: Optional[int] = None, top_p: Optional[float] = None, stop_tokens=None,
-           use_cache: bool = True, generator: Optional[torch.Generator] = None) -> Iterator[int]:
+           use_cache=True, generator: Optional[torch.Generator] = None,
+           compile_step: bool = False) -> Iterator[int]:
     """Like :func:`generate` for one sequence, but yield each new token id (an int) as soon as
     it is chosen, so a caller can print text while the model is still writing.
 
     The arguments are checked when ``stream`` is called, before the first token.
     """
-    stops = _check_generate_args(max_new_tokens, temperature, top_k, top_p, stop_tokens)
+    stops = _check_generate_args(max_new_tokens, temperature, top_k, top_p, stop_tokens, use_cache)
     prompt, _ = _as_prompt(idx, model)   # checked here, before the first token is asked for
     if prompt.size(0) != 1:
         raise ValueError(f"stream writes one sequence, got a batch of {prompt.size(0)}; "
                          "use generate() for a batch")
-    steps = _generate_steps(model, prompt, max_new_tokens, temperature, top_k, top_p,
-                            stops, use_cache, generator)
+    steps = _generate_steps(model, prompt, max_new_tokens, temperature, top_k, top_p, stops,
+                            _new_cache(model, 1, use_cache), _decode_step(model, compile_step),
+                            generator)
     return (int(t[0]) for t in steps)
 
 # %% ../notebooks/07_sampling.ipynb #ch07-045
@@ -265,16 +282,21 @@ class LayerKVCache:
     the first :meth:`update` and reused; the first ``length`` positions are filled."""
 
     def __init__(self, capacity: int):
+        """Room for ``capacity`` positions, none filled yet; no storage until the first update."""
         self.capacity, self.length = capacity, 0
         self.keys: Optional[torch.Tensor] = None
         self.values: Optional[torch.Tensor] = None
 
+    def _check_room(self, T: int) -> None:
+        """Raise a ValueError when ``T`` more positions would not fit."""
+        if self.length + T > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; "
+                             f"{self.length + T} were asked for")
+
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values (B, n_head, T, head_size) after the cached ones; return the
         keys and values of every position so far, (B, n_head, length, head_size)."""
-        if self.length + k.size(2) > self.capacity:
-            raise ValueError(f"the KV cache holds {self.capacity} positions; "
-                             f"{self.length + k.size(2)} were asked for")
+        self._check_room(k.size(2))
         start, end = self.length, self.length + k.size(2)
         if self.keys is None or self.keys.shape[0] != k.shape[0] or self.keys.dtype != k.dtype:
             shape = (k.size(0), k.size(1), self.capacity, k.size(3))
@@ -294,6 +316,7 @@ class KVCache:
     """
 
     def __init__(self, n_layer: int, capacity: int):
+        """One empty :class:`LayerKVCache` of ``capacity`` positions per layer, in ``layers``."""
         self.capacity = capacity
         self.layers = [LayerKVCache(capacity) for _ in range(n_layer)]
 
@@ -321,4 +344,59 @@ class KVCache:
         """Memory held by the cache tensors, in bytes."""
         return sum(t.numel() * t.element_size() for layer in self.layers
                    for t in (layer.keys, layer.values) if t is not None)
+
+
+# %% ../notebooks/07_sampling.ipynb #ch07-static
+class StaticLayerKVCache(LayerKVCache):
+    """One layer's keys and values in buffers of fixed shape (batch, n_head, capacity, head_size),
+    allocated when the cache is made and only ever written in place."""
+
+    def __init__(self, capacity: int, batch: int, n_head: int, head_size: int,
+                 dtype: torch.dtype = torch.float32, device=None):
+        """Zero-filled ``keys`` and ``values``, (batch, n_head, capacity, head_size) each."""
+        super().__init__(capacity)
+        shape = (batch, n_head, capacity, head_size)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k and v (batch, n_head, T, head_size) in place at positions ``length ..``, advance
+        ``length``; return the filled prefix of both buffers (views), as :class:`LayerKVCache`.
+        Keys of another shape or dtype raise ValueError (slice assignment would broadcast them)."""
+        want = (self.keys.shape[0], self.keys.shape[1], k.size(2), self.keys.shape[3])
+        if tuple(k.shape) != want or k.dtype != self.keys.dtype:      # fixed shapes: no broadcast
+            raise ValueError(f"this static cache takes keys of shape {want} in {self.keys.dtype}, "
+                             f"got {tuple(k.shape)} in {k.dtype}")
+        self._check_room(k.size(2))
+        start, end = self.length, self.length + k.size(2)
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def visible(self, T: int) -> torch.Tensor:
+        """(T, capacity) bool, read before the update of T new tokens: True where new query i,
+        at position ``length + i``, may attend to buffer slot j, that is j <= length + i."""
+        slots = torch.arange(self.capacity, device=self.keys.device)
+        queries = self.length + torch.arange(T, device=self.keys.device)
+        return slots[None, :] <= queries[:, None]
+
+
+class StaticKVCache(KVCache):
+    """A :class:`KVCache` whose layers are :class:`StaticLayerKVCache`: all its memory is
+    allocated when it is made, for one batch size, dtype and device."""
+
+    def __init__(self, n_layer: int, capacity: int, batch: int, n_head: int, head_size: int,
+                 dtype: torch.dtype = torch.float32, device=None):
+        self.capacity = capacity
+        self.layers = [StaticLayerKVCache(capacity, batch, n_head, head_size, dtype, device)
+                       for _ in range(n_layer)]
+
+    @classmethod
+    def for_model(cls, model: nn.Module, batch: int) -> "StaticKVCache":
+        """A static cache for ``batch`` sequences through ``model``: its layers, ``block_size``
+        positions, its heads and head size, and the dtype and device of its weights."""
+        c, weight = model.config, model.lm_head.weight
+        return cls(c.n_layer, c.block_size, batch, c.n_head, c.n_embd // c.n_head,
+                   weight.dtype, weight.device)
 

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from gptlib import sampling
 from gptlib.exercises import ch07, run_check
-from gptlib.sampling import KVCache, LayerKVCache, next_token_probs, sample_next
+from gptlib.sampling import (KVCache, LayerKVCache, StaticKVCache, StaticLayerKVCache,
+                             next_token_probs, sample_next)
 
 NEG_INF = float("-inf")
 
@@ -25,6 +26,9 @@ def loop(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, st
     done = torch.zeros(idx.size(0), dtype=torch.bool)
     repeat = torch.zeros(idx.size(0), dtype=torch.long)
     context = idx
+    was_training = model.training
+    if bug != "no_eval":
+        model.eval()
     with torch.no_grad():
         for step in range(max_new_tokens):
             if cache is not None:
@@ -65,6 +69,8 @@ def loop(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, st
                     break
                 if bool(done.any() if bug == "stops_at_first_row" else done.all()):
                     break
+    if bug != "no_restore":
+        model.train(was_training)
     if bug == "no_append":
         idx = torch.cat([idx[:, :prompt_len]] + [idx[:, prompt_len:prompt_len + 1]] *
                         max_new_tokens, dim=1)
@@ -308,6 +314,11 @@ class LayerStoresFloat32(LayerKVCache):
         return keys, values
 
 
+class LayerNoOverflowCheck(LayerKVCache):
+    def _check_room(self, T):
+        pass
+
+
 # ---- 7.8 the cache's bookkeeping ---------------------------------------------------------------
 class CacheLengthSums(KVCache):
     def __len__(self):
@@ -377,6 +388,73 @@ def tokens_fed_squared(prompt_len, n_new, block_size, use_cache):
     return n_new if use_cache else n_new * n_new // 2
 
 
+# ---- 7.11 a cache of fixed shape ---------------------------------------------------------------
+def _static_with(layer_cls):
+    """A StaticKVCache whose layers are ``layer_cls``."""
+    class Cache(StaticKVCache):
+        def __init__(self, n_layer, capacity, batch, n_head, head_size, dtype=torch.float32,
+                     device=None):
+            self.capacity = capacity
+            self.layers = [layer_cls(capacity, batch, n_head, head_size, dtype, device)
+                           for _ in range(n_layer)]
+    Cache.__name__ = f"StaticKVCache_{layer_cls.__name__}"
+    return Cache
+
+
+class StaticAllocatesLazily(LayerKVCache):
+    def __init__(self, capacity, batch, n_head, head_size, dtype=torch.float32, device=None):
+        super().__init__(capacity)
+
+
+class StaticConcatenates(StaticLayerKVCache):
+    def update(self, k, v):
+        keys = torch.cat([self.keys[:, :, :self.length], k], 2)
+        values = torch.cat([self.values[:, :, :self.length], v], 2)
+        self.keys[:, :, :keys.size(2)], self.values[:, :, :keys.size(2)] = keys, values
+        self.keys = self.keys.clone()
+        self.values = self.values.clone()
+        self.length = keys.size(2)
+        return keys, values
+
+
+class StaticBroadcasts(StaticLayerKVCache):
+    def update(self, k, v):
+        self._check_room(k.size(2))
+        start, end = self.length, self.length + k.size(2)
+        self.keys[:, :, start:end], self.values[:, :, start:end] = k, v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class StaticVisibleStrict(StaticLayerKVCache):
+    def visible(self, T):
+        return torch.arange(self.capacity)[None, :] < (self.length + torch.arange(T))[:, None]
+
+
+class StaticVisibleIgnoresLength(StaticLayerKVCache):
+    def visible(self, T):
+        return torch.arange(self.capacity)[None, :] <= torch.arange(T)[:, None]
+
+
+class StaticVisibleNotCausal(StaticLayerKVCache):
+    def visible(self, T):
+        return (torch.arange(self.capacity) < self.length + T)[None].expand(T, -1)
+
+
+class StaticForModelHeadSize(StaticKVCache):
+    @classmethod
+    def for_model(cls, model, batch):
+        c = model.config
+        return cls(c.n_layer, c.block_size, batch, c.n_head, c.n_embd, model.lm_head.weight.dtype)
+
+
+class StaticForModelFloat32(StaticKVCache):
+    @classmethod
+    def for_model(cls, model, batch):
+        c = model.config
+        return cls(c.n_layer, c.block_size, batch, c.n_head, c.n_embd // c.n_head)
+
+
 # ---- the table ---------------------------------------------------------------------------------
 PASSING = [("7.1", greedy_ref), ("7.1", ch07.greedy_loop),
            ("7.2", temperature_ref), ("7.2", sampling.apply_temperature),
@@ -386,7 +464,7 @@ PASSING = [("7.1", greedy_ref), ("7.1", ch07.greedy_loop),
            ("7.6", generate_ref), ("7.6", sampling.generate),
            ("7.7", LayerKVCache), ("7.8", KVCache),
            ("7.9", generate_ref), ("7.9", sampling.generate),
-           ("7.10", tokens_fed_ref)]
+           ("7.10", tokens_fed_ref), ("7.11", StaticKVCache)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("7.1", _greedy_with("first_position"), "first position"),
@@ -429,12 +507,15 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("7.6", _generate_with("no_repeat"), "repeat that token"),
     ("7.6", _generate_with("stops_at_first_row"), "*every* row"),
     ("7.6", _generate_with("stop_token_dropped"), "yield it, then stop"),
+    ("7.6", _generate_with("no_eval"), "eval mode (model.eval())"),
+    ("7.6", _generate_with("no_restore"), "left in eval mode"),
     ("7.7", LayerNeverAdvances, "advance self.length"),
     ("7.7", LayerWritesAtZero, "earlier positions first"),
     ("7.7", LayerReturnsWholeBuffer, "and no more"),
     ("7.7", LayerAllocatesOnce, "batch size or dtype changes"),
     ("7.7", LayerConcatenatesForever, "a reset"),
     ("7.7", LayerStoresFloat32, "in their own dtype"),
+    ("7.7", LayerNoOverflowCheck, "would overflow"),
     ("7.8", CacheLengthSums, "not a sum"),
     ("7.8", CacheResetsFirstLayer, "empty every layer"),
     ("7.8", CacheNeverRefills, "return the last 5 tokens to refill it"),
@@ -448,6 +529,14 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("7.10", tokens_fed_no_crop, "(the crop)"),
     ("7.10", tokens_fed_no_refill, "refills it"),
     ("7.10", tokens_fed_squared, "you counted"),
+    ("7.11", _static_with(StaticAllocatesLazily), "allocate them in __init__"),
+    ("7.11", _static_with(StaticConcatenates), "Write into the buffers in place"),
+    ("7.11", _static_with(StaticBroadcasts), "broadcast a batch of 1"),
+    ("7.11", _static_with(StaticVisibleStrict), "its own slot too"),
+    ("7.11", _static_with(StaticVisibleIgnoresLength), "add length"),
+    ("7.11", _static_with(StaticVisibleNotCausal), "causally among themselves"),
+    ("7.11", StaticForModelHeadSize, "n_embd // n_head"),
+    ("7.11", StaticForModelFloat32, "dtype (and device) of the model's weights"),
 ]
 
 
@@ -486,7 +575,11 @@ def test_unfinished_exercise_is_not_done():
 
     class TodoCache(KVCache):
         __len__ = reset = next_input = nbytes = todo
+
+    class TodoStatic(StaticKVCache):
+        __init__ = todo
     for ex in ("7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "7.9", "7.10"):
         assert run_check(ex, todo).status == "not done", ex
     assert run_check("7.7", TodoLayer).status == "not done"
     assert run_check("7.8", TodoCache).status == "not done"
+    assert run_check("7.11", TodoStatic).status == "not done"

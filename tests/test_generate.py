@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from gptlib.block import Block, PostLNBlock
-from gptlib.sampling import (KVCache, apply_temperature, check_sampling_args, generate, next_token_probs, sample_next, stream, top_k_filter,
-                             top_p_filter)
+from gptlib.sampling import (KVCache, StaticKVCache, apply_temperature, check_sampling_args, generate,
+                             next_token_probs, sample_next, stream, top_k_filter, top_p_filter)
 from gptlib.model import GPT, GPTConfig
 
 VOCAB, BLOCK = 37, 16
@@ -131,6 +131,92 @@ def test_kv_cache_with_sampling_gives_the_same_text(model):
     a = generate(model, prompt, 3 * BLOCK, use_cache=True, generator=torch.Generator().manual_seed(0), **kw)
     b = generate(model, prompt, 3 * BLOCK, use_cache=False, generator=torch.Generator().manual_seed(0), **kw)
     assert torch.equal(a, b)
+
+
+# ---- the static cache ---------------------------------------------------------------------------
+def test_static_cache_equals_no_cache_greedy_in_a_batch_and_past_block_size(model):
+    g = torch.Generator().manual_seed(16)
+    for prompt_len in (1, 7, BLOCK, BLOCK + 5):
+        for n_new in (1, BLOCK - 1, BLOCK + 1, 3 * BLOCK + 2):
+            prompt = torch.randint(0, VOCAB, (3, prompt_len), generator=g)
+            a = generate(model, prompt, n_new, temperature=0, use_cache="static")
+            b = generate(model, prompt, n_new, temperature=0, use_cache=False)
+            assert torch.equal(a, b), (prompt_len, n_new)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_static_cache_with_sampling_past_block_size_gives_the_same_text(dtype):
+    model = make_model(dtype, seed=2)
+    prompt = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(3))
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95, max_new_tokens=3 * BLOCK + 1)
+    runs = [generate(model, prompt, use_cache=use, generator=torch.Generator().manual_seed(0), **kw)
+            for use in ("static", True, False)]
+    assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[2])
+
+
+def test_static_cache_streams_and_stops_like_the_plain_loop(model):
+    plain, static = (list(stream(model, [3, 4], 40, temperature=0.8, use_cache=use,
+                                 generator=torch.Generator().manual_seed(2)))
+                     for use in (False, "static"))
+    assert plain == static
+    free = generate(model, [1, 2], 30, temperature=0, use_cache=False)
+    stop = int(free[6])
+    assert torch.equal(generate(model, [1, 2], 30, temperature=0, stop_tokens=stop, use_cache="static"),
+                       generate(model, [1, 2], 30, temperature=0, stop_tokens=stop, use_cache=False))
+
+
+def test_static_cache_is_allocated_once_and_written_in_place(model):
+    cache = StaticKVCache.for_model(model, 2)
+    assert cache.nbytes() == 2 * model.config.n_layer * 2 * BLOCK * model.config.n_embd * 8
+    ptrs = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
+    idx = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for _ in range(2 * BLOCK + 1):                  # through two refills
+            logits = model.next_token_logits(cache.next_input(idx), cache=cache)
+            idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    assert ptrs == [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
+    assert torch.equal(idx, naive_greedy(model, idx[:, :3], 2 * BLOCK + 1))
+
+
+def test_static_cache_refuses_another_shape(model):
+    layer = StaticKVCache.for_model(model, 2).layers[0]
+    head = model.config.n_embd // model.config.n_head
+    with pytest.raises(ValueError, match="static cache takes keys"):
+        layer.update(torch.zeros(1, model.config.n_head, 1, head, dtype=torch.float64),
+                     torch.zeros(1, model.config.n_head, 1, head, dtype=torch.float64))
+    with pytest.raises(ValueError, match="static cache takes keys"):
+        layer.update(torch.zeros(2, model.config.n_head, 1, head), torch.zeros(2, model.config.n_head, 1, head))
+
+
+def test_whole_buffer_with_the_mask_equals_the_filled_prefix(model):
+    """What a fixed-shape step would compute: attention over every slot, hiding unfilled ones."""
+    attn, layer = model.transformer.h[0].attn, StaticKVCache.for_model(model, 2).layers[0]
+    x = torch.randn(2, 9, model.config.n_embd, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for a, b in [(0, 5), (5, 6), (6, 9)]:
+            q, k, v = attn.qkv(x[:, a:b])
+            mask = layer.visible(b - a)
+            k_prefix, v_prefix = layer.update(k, v)
+            whole = F.scaled_dot_product_attention(q, layer.keys, layer.values, attn_mask=mask)
+            prefix = F.scaled_dot_product_attention(q, k_prefix, v_prefix, attn_mask=mask[:, :b])
+            assert torch.allclose(whole, prefix, atol=1e-12)
+            causal = F.scaled_dot_product_attention(q, k_prefix, v_prefix,
+                                                    attn_mask=torch.ones(b - a, b, dtype=torch.bool).tril(a))
+            assert torch.allclose(prefix, causal, atol=1e-12)
+
+
+def test_compile_step_changes_nothing_off_cuda(model, monkeypatch):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled on a CPU")
+    monkeypatch.setattr(torch, "compile", no_compile)
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate(model, prompt, 20, temperature=0, use_cache="static", compile_step=True),
+                       generate(model, prompt, 20, temperature=0, use_cache=False))
+
+
+def test_use_cache_takes_true_false_or_static(model):
+    with pytest.raises(ValueError, match="use_cache"):
+        generate(model, [1, 2], 3, use_cache="yes")
 
 
 def test_kv_cache_works_with_post_ln_blocks():

@@ -1,5 +1,5 @@
 """Checks for Chapter 7 (sampling): the greedy loop, the sampling filters, the generation loop,
-the KV cache and a count of the model's work.
+the KV cache, a count of the model's work and the cache of fixed shape.
 
 Hand-written. The filters return *logits* (removed tokens at -inf), as ``gptlib.sampling`` does;
 the checks compare with small private references written here from ``F.softmax``, ``torch.sort``
@@ -90,12 +90,13 @@ def _probs(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=Non
     return F.softmax(z, dim=-1)
 
 
-def _tiny_gpt(seed: int = 0, vocab_size: int = 11, block_size: int = 8, n_layer: int = 2):
+def _tiny_gpt(seed: int = 0, vocab_size: int = 11, block_size: int = 8, n_layer: int = 2,
+              dropout: float = 0.0):
     """A small random GPT whose greedy text varies (weights scaled up), in eval mode."""
     from gptlib.model import GPT, GPTConfig
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
-                          n_head=2, n_embd=16))
+                          n_head=2, n_embd=16, dropout=dropout))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(6.0)
@@ -448,6 +449,23 @@ def _(generate):
                           "torch.multinomial(probs, 1, generator) from next_token_probs(logits of "
                           "the last position, temperature, top_k, top_p)")
     _stop_checks(generate, model, dict(use_cache=False))
+    _eval_mode_checks(generate)
+
+
+def _eval_mode_checks(generate) -> None:
+    """Generation runs the model in eval mode and gives it back its own mode."""
+    model = _tiny_gpt(seed=2, dropout=0.5)
+    prompt = _prompt(2, 3, model.config.vocab_size, seed=6)
+    want = _naive_loop(model, prompt, 10)            # in eval mode: dropout off
+    what = "a model with dropout 0.5, in training mode, greedy on 2 prompts of 3 tokens"
+    model.train()
+    out = generate(model, prompt.clone(), 10, temperature=0, use_cache=False)
+    expect(torch.equal(out, want), f"{what}: your tokens differ from the model's in eval mode. "
+           "Dropout must be off while generating: put the model in eval mode (model.eval()) "
+           "before the loop")
+    expect(model.training, f"{what}: the model was left in eval mode. Give it back the mode it "
+           "had (model.train(was_training)), in a `finally` so that it also happens when a "
+           "caller stops early")
 
 
 # ---- 7.7 .. 7.9: the KV cache ------------------------------------------------------------------
@@ -507,9 +525,13 @@ def _(LayerKVCache):
         cache.update(*_kv(1, 3, 4, 5, seed=4, dtype=torch.float64))
     except ValueError:
         pass
+    except (RuntimeError, IndexError) as err:
+        raise CheckFailed(f"a cache of capacity 6 holding 3 positions, given 4 more, crashed with "
+                          f"{type(err).__name__}: raise a ValueError (in _check_room) when the "
+                          "cache would overflow") from None
     else:
         raise CheckFailed("a cache of capacity 6 holding 3 positions accepted 4 more: raise a "
-                          "ValueError when the cache would overflow")
+                          "ValueError (in _check_room) when the cache would overflow")
     from gptlib.model import GPT, GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=13, block_size=12, n_layer=2, n_head=2, n_embd=16)).eval()
@@ -676,3 +698,107 @@ def _(tokens_fed):
                 raise CheckFailed(f"{what}: once the cache is full, each step empties it and "
                                   "refills it with block_size tokens")
             raise CheckFailed(what)
+
+
+# ---- 7.11 a cache of fixed shape --------------------------------------------------------------
+def _visible_ref(length: int, T: int, capacity: int) -> torch.Tensor:
+    """New query i (at position length + i) may see slot j when j <= length + i."""
+    return torch.arange(capacity)[None, :] <= (length + torch.arange(T))[:, None]
+
+
+def _expect_visible(layer, T: int, what: str) -> None:
+    got = layer.visible(T)
+    want = _visible_ref(layer.length, T, layer.capacity)
+    expect(isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(want.shape),
+           f"{what}: visible({T}) must be a (T, capacity) = {tuple(want.shape)} mask, got "
+           f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
+    got = got.bool().cpu()
+    if torch.equal(got, want):
+        return
+    if torch.equal(got, _visible_ref(layer.length - 1, T, layer.capacity)):   # j < length + i
+        raise CheckFailed(f"{what}: each new query must see its own slot too: slot j is visible "
+                          "to query i when j <= length + i (you used <)")
+    if torch.equal(got, _visible_ref(0, T, layer.capacity)):
+        raise CheckFailed(f"{what}: the new queries sit at positions length .. length + T - 1, "
+                          "after the cached ones: add length before comparing")
+    if torch.equal(got, (torch.arange(layer.capacity) < layer.length + T)[None].expand(T, -1)):
+        raise CheckFailed(f"{what}: new query i must not see the new tokens after it (they attend "
+                          "causally among themselves): slot j is visible when j <= length + i")
+    raise CheckFailed(f"{what}: expected {want.int().tolist()}, got {got.int().tolist()}")
+
+
+@exercise("7.11", "A cache of fixed shape", builds="gptlib.sampling:StaticKVCache", tier="core",
+          difficulty=2, importance=2)
+def _(StaticKVCache):
+    for n_layer, cap, batch, heads, size, dtype in [(2, 6, 3, 2, 4, torch.float64),
+                                                    (1, 5, 1, 3, 2, torch.float32)]:
+        what = f"StaticKVCache({n_layer}, {cap}, batch={batch}, n_head={heads}, head_size={size}, {dtype})"
+        cache = StaticKVCache(n_layer, cap, batch, heads, size, dtype)
+        expect(len(cache.layers) == n_layer and len(cache) == 0, f"{what}: it holds {n_layer} "
+               "layer caches and len() 0")
+        layer = cache.layers[0]
+        expect(isinstance(layer.keys, torch.Tensor) and isinstance(layer.values, torch.Tensor),
+               f"{what}: the buffers must exist as soon as the cache is made (allocate them in "
+               "__init__), so that its memory is known before the first token")
+        shape = (batch, heads, cap, size)
+        expect(tuple(layer.keys.shape) == shape and tuple(layer.values.shape) == shape
+               and layer.keys.dtype == dtype, f"{what}: keys and values must be {shape} in "
+               f"{dtype}, got {tuple(layer.keys.shape)} in {layer.keys.dtype}")
+        expect(cache.nbytes() == 2 * n_layer * batch * heads * cap * size * layer.keys.element_size(),
+               f"{what}: nbytes() counts every layer's two full buffers")
+        ptrs = (layer.keys.data_ptr(), layer.values.data_ptr())
+        _expect_visible(layer, 3, f"{what}, empty")
+        k1, v1 = _kv(batch, heads, 3, size, seed=0, dtype=dtype)
+        _expect_kv(layer.update(k1, v1), k1, v1, f"{what}: the first update, 3 positions")
+        _expect_visible(layer, 1, f"{what}, holding 3 positions")
+        _expect_visible(layer, 2, f"{what}, holding 3 positions")
+        k2, v2 = _kv(batch, heads, 1, size, seed=1, dtype=dtype)
+        got = layer.update(k2, v2)
+        expect((layer.keys.data_ptr(), layer.values.data_ptr()) == ptrs and
+               got[0].data_ptr() == ptrs[0], f"{what}: after an update the keys live in new "
+               "memory. Write into the buffers in place (self.keys[:, :, start:end] = k) and "
+               "return views of them (self.keys[:, :, :end]); never torch.cat or reallocate")
+        _expect_kv(got, torch.cat([k1, k2], 2), torch.cat([v1, v2], 2), f"{what}: 3 positions, then 1")
+        expect(layer.length == 4, f"{what}: after 3 + 1 positions length must be 4, got {layer.length}")
+        other = 1 if batch > 1 else 2
+        try:
+            layer.update(*_kv(other, heads, 1, size, seed=2, dtype=dtype))
+            accepted = True
+        except ValueError:
+            accepted = False
+        except RuntimeError:
+            accepted = True
+        expect(not accepted, f"{what}: keys for a batch of {other} got past your update. The "
+               "shapes are fixed: raise a ValueError for any other batch, heads, head size or "
+               "dtype (slice assignment would broadcast a batch of 1 silently)")
+        try:
+            layer.update(*_kv(batch, heads, cap - 3, size, seed=3, dtype=dtype))
+        except ValueError:
+            pass
+        else:
+            raise CheckFailed(f"{what}: a cache of capacity {cap} holding 4 positions accepted "
+                              f"{cap - 3} more: call self._check_room(T) before writing")
+    model = _tiny_gpt(seed=3).double()
+    cfg = model.config
+    cache = StaticKVCache.for_model(model, 2)
+    layer = cache.layers[0]
+    want = (2, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+    expect(len(cache.layers) == cfg.n_layer and tuple(layer.keys.shape) == want
+           and cache.capacity == cfg.block_size, f"for_model on a GPT with {cfg.n_layer} layers, "
+           f"{cfg.n_head} heads, n_embd {cfg.n_embd} and block_size {cfg.block_size}, batch 2: "
+           f"expected {cfg.n_layer} layers of {want} (head size n_embd // n_head), got "
+           f"{len(cache.layers)} of {tuple(layer.keys.shape)}")
+    expect(layer.keys.dtype == torch.float64, "for_model on a float64 GPT made float32 buffers: "
+           "take the dtype (and device) of the model's weights, model.lm_head.weight")
+    bs = cfg.block_size
+    for seed, (batch, length, n) in enumerate([(2, 3, 2 * bs + 3), (1, bs + 2, 5)]):
+        prompt = _prompt(batch, length, cfg.vocab_size, seed)
+        idx, cache = prompt.clone(), StaticKVCache.for_model(model, batch)
+        with torch.no_grad():
+            for _ in range(n):
+                logits, _ = _run_loop(model, "greedy through your static cache",
+                                      cache.next_input(idx), cache=cache)
+                idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        expect(torch.equal(idx, _naive_loop(model, prompt, n)), f"greedy through your static "
+               f"cache, {batch} prompts of {length} tokens, {n} new (block_size {bs}): the tokens "
+               "differ from the loop without a cache")
