@@ -20,7 +20,7 @@ JB_FLAGS := -W -n --keep-going
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 
 .PHONY: help setup book book-smoke test test-unit test-notebooks test-book test-browser export \
-        student grade lab bench configure clean
+        student grade autograder lab bench configure clean
 
 help:
 	@sed -n '1,5p' Makefile
@@ -77,9 +77,14 @@ export: $(STAMP)
 student: $(STAMP)
 	$(PY) -m tools.student --out _build/student
 
+# Grade submitted notebooks (CHAPTER=N grades them all as that chapter, whatever their metadata).
 grade: $(STAMP)
-	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS='path/to/*.ipynb'"; exit 2)
-	$(PY) -m tools.grade $(SUBMISSIONS) --out _build/gradebook
+	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS='path/to/*.ipynb' [CHAPTER=N]"; exit 2)
+	$(PY) -m tools.grade $(SUBMISSIONS) --out _build/gradebook $(if $(CHAPTER),--chapter $(CHAPTER))
+
+# A Gradescope autograder bundle running the same grader: _build/autograder/autograder.zip.
+autograder: $(STAMP)
+	$(PY) -m tools.autograder --out _build/autograder $(if $(CHAPTER),--chapter $(CHAPTER))
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks

@@ -66,6 +66,7 @@ class GradeReport:
     runs: str = "not run"   # "yes", "no: ...", "timed out after N s" or "not run"
     note: str = ""
     seconds: float = 0.0
+    started: float = 0.0    # time.monotonic() when its grading began
 
     def points(self, eid: str) -> int:
         return POINTS[registry()[eid].tier] if self.results.get(eid) == "passed" else 0
@@ -240,7 +241,7 @@ def grade_notebook(path: Path, chapter: int | None = None, *, time_limit: float 
     """Grade one submission (``run_timeout=None``: do not execute it top to bottom)."""
     path = Path(path)
     start = time.monotonic()
-    report = GradeReport(submission=str(path), chapter=chapter)
+    report = GradeReport(submission=str(path), chapter=chapter, started=start)
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as err:  # noqa: BLE001 - not a notebook at all
