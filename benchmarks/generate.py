@@ -2,13 +2,16 @@
 
 A GPT of 6 layers, 384 channels, 6 heads and a 1024-token context (random weights: speed does
 not depend on what the weights say) continues a one-token prompt greedily. For each length we
-time ``generate(..., use_cache=False)`` and ``generate(..., use_cache=True)`` side by side in
-one run, assert that both wrote exactly the same tokens, and report tokens per second and
-their ratio. Without the cache every step re-reads the whole context, so the ratio grows with
-the length.
+time ``generate`` without the cache, with the growing ``KVCache`` (``use_cache=True``) and with
+the ``StaticKVCache`` allocated up front (``use_cache="static"``) side by side in one run, assert
+that all wrote exactly the same tokens, and report tokens per second and the ratios to the
+uncached loop. Without the cache every step re-reads the whole context, so the ratios grow with
+the length. ``--compile-step`` adds the static cache with its step compiled for CUDA graphs
+(``compile_step=True``; on a CUDA device only, elsewhere it changes nothing and is skipped).
 
     python benchmarks/generate.py                      # lengths 64 256 512 1024 (minutes on a CPU)
     python benchmarks/generate.py --lengths 64 128     # a quick look
+    python benchmarks/generate.py --device cuda --compile-step
 """
 from __future__ import annotations
 
@@ -28,11 +31,12 @@ from gptlib.model import GPT, GPTConfig  # noqa: E402
 from gptlib.runtime import get_device  # noqa: E402
 
 
-def timed_generate(model, prompt, n, use_cache, device) -> tuple[torch.Tensor, float]:
+def timed_generate(model, prompt, n, use_cache, device,
+                   compile_step: bool = False) -> tuple[torch.Tensor, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = generate(model, prompt, n, temperature=0, use_cache=use_cache)
+    out = generate(model, prompt, n, temperature=0, use_cache=use_cache, compile_step=compile_step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
@@ -45,6 +49,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--vocab-size", type=int, default=50257, help="GPT-2's vocabulary by default")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile-step", action="store_true",
+                        help="also time the static cache with compile_step=True (CUDA only)")
     args = parser.parse_args(argv)
 
     device = get_device(args.device)
@@ -52,23 +58,25 @@ def main(argv=None) -> dict:
     config = GPTConfig(vocab_size=args.vocab_size, block_size=1024, n_layer=6, n_head=6, n_embd=384)
     model = GPT(config).to(device).eval()
     prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
-    generate(model, prompt, 8, temperature=0, use_cache=True)   # warm up both paths
-    generate(model, prompt, 8, temperature=0, use_cache=False)
+    graphs = args.compile_step and device.type == "cuda"
+    paths = {"no_cache": (False, False), "cache": (True, False), "static": ("static", False)}
+    if graphs:
+        paths["static_graphs"] = ("static", True)
+    for use_cache, compile_step in paths.values():             # warm up every path
+        generate(model, prompt, 8, temperature=0, use_cache=use_cache, compile_step=compile_step)
 
     rows = []
     for n in args.lengths:
-        with_cache, t_cache = timed_generate(model, prompt, n, True, device)
-        without, t_plain = timed_generate(model, prompt, n, False, device)
-        assert torch.equal(with_cache, without), f"outputs differ at {n} tokens"
-        rows.append({
-            "new_tokens": n,
-            "no_cache_tok_s": n / t_plain,
-            "cache_tok_s": n / t_cache,
-            "speedup": t_plain / t_cache,
-            "no_cache_s": t_plain,
-            "cache_s": t_cache,
-            "identical": True,
-        })
+        outs, row = [], {"new_tokens": n}
+        for name, (use_cache, compile_step) in paths.items():
+            out, seconds = timed_generate(model, prompt, n, use_cache, device, compile_step)
+            outs.append(out)
+            row[f"{name}_tok_s"], row[f"{name}_s"] = n / seconds, seconds
+        assert all(torch.equal(out, outs[0]) for out in outs), f"outputs differ at {n} tokens"
+        for name in list(paths)[1:]:
+            row["speedup" if name == "cache" else f"{name}_speedup"] = row["no_cache_s"] / row[f"{name}_s"]
+        row["identical"] = True
+        rows.append(row)
     print(f"GPT {config.n_layer} layers, n_embd {config.n_embd}, {config.n_head} heads, "
           f"block_size {config.block_size}, vocab {config.vocab_size}, "
           f"{model.num_parameters() / 1e6:.1f}M parameters, {device}, "
