@@ -24,21 +24,18 @@ from gptlib.runtime import positive_int
 # Provided: the shape checks of scaled_dot_product_attention (validation at the edge).
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch.Tensor, got {getattr(t, 'dtype', type(t))}")
         if t.dim() < 2:
             raise ValueError(f"{name} must have shape (..., T, d), got {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    shapes = f"got q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)}"
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must have the same last dimension d_k, got q {tuple(q.shape)} "
-                         f"and k {tuple(k.shape)}")
+        raise ValueError(f"q and k must have the same last dimension d_k, {shapes}")
     if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v must have the same number of positions T_k, got k "
-                         f"{tuple(k.shape)} and v {tuple(v.shape)}")
-    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
-        raise ValueError(f"q, k and v must share their leading (batch, head) dimensions, got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}")
+        raise ValueError(f"k and v must have the same number of positions T_k, {shapes}")
+    if not q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        raise ValueError(f"q, k and v must share their leading (batch, head) dimensions, {shapes}")
+
 
 # %% ../notebooks/04_attention.ipynb #ch04-007w
 def attention_weights(q: torch.Tensor, k: torch.Tensor,
@@ -62,18 +59,11 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  dropout_p: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, written out (Vaswani et al., 2017).
 
-    Args:
-        q: queries, (..., T_q, d_k).
-        k: keys, (..., T_k, d_k).
-        v: values, (..., T_k, d_v).
-        mask: optional boolean tensor broadcastable to (..., T_q, T_k), True where allowed
-            (e.g. ``causal_mask(T)``).
-        dropout_p: probability of zeroing an attention weight (inverted dropout, always applied
-            when > 0; pass 0 at evaluation).
-
-    Returns:
-        ``(out, weights)``: out (..., T_q, d_v) and the attention weights (..., T_q, T_k) before
-        dropout.
+    q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v); ``mask``: optional boolean tensor
+    broadcastable to (..., T_q, T_k), True where allowed (e.g. ``causal_mask(T)``); ``dropout_p``:
+    probability of zeroing an attention weight (inverted dropout, always applied when > 0; pass 0
+    at evaluation). Returns ``(out, weights)``: out (..., T_q, d_v) and the attention weights
+    (..., T_q, T_k) before dropout.
     """
     _check_qkv(q, k, v)                                  # provided: clear errors for bad shapes
     if not 0.0 <= dropout_p < 1.0:
@@ -122,23 +112,32 @@ def _causal_mask_after(past: int, T: int, device=None) -> torch.Tensor:
     return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
+# %% ../notebooks/04_attention.ipynb #ch04-023f
+def _attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int = 0,
+                  dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention of the T new queries q (..., T, h) that follow ``past`` earlier positions,
+    over k and v (..., past + T, h), by PyTorch's fused ``F.scaled_dot_product_attention``: new
+    query i may attend to keys 0 .. past + i. The same output as the explicit path, without
+    storing the (T, past + T) weights when a fused kernel is available; ``dropout_p`` goes to
+    the kernel. Returns (..., T, h)."""
+    T = q.shape[-2]
+    if past == 0:       # no earlier tokens: the ordinary causal mask
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    if T == 1:          # one new token sees every position: nothing to mask
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(     # is_causal would align the triangle top-left
+        q, k, v, attn_mask=_causal_mask_after(past, T, q.device), dropout_p=dropout_p)
+
+
 # %% ../notebooks/04_attention.ipynb #ch04-023
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused q|k|v projection (GPT-2 layout).
 
-    Args:
-        n_embd: channels C of the input and output.
-        n_head: number of heads; must divide ``n_embd`` (head size = n_embd // n_head).
-        dropout: probability for ``attn_dropout`` (on attention weights) and ``resid_dropout``
-            (on the output); active only in training mode.
-        bias: whether ``c_attn`` and ``c_proj`` have biases.
-        block_size: longest sequence accepted (``None``: no limit).
-
-    ``forward(x)`` takes x (B, T, C) and returns y (B, T, C), using
-    ``F.scaled_dot_product_attention(is_causal=True)``. ``forward(x, need_weights=True)`` uses the
-    explicit from-scratch path and returns ``(y, weights)`` with weights (B, n_head, T, T_k).
-    ``forward(x, cache=layer_cache)`` is how generation reuses earlier tokens (Chapter 7): x holds
-    only the new tokens, ``cache`` this layer's keys and values of the earlier ones.
+    ``n_embd`` channels in and out, split into ``n_head`` heads (``n_head`` must divide
+    ``n_embd``); ``dropout`` for ``attn_dropout`` (attention weights) and ``resid_dropout`` (the
+    output), active only in training; ``bias`` for ``c_attn`` and ``c_proj``; ``block_size``: the
+    longest sequence accepted (``None``: no limit). ``forward(x, need_weights=False, cache=None)``
+    maps x (B, T, C) to y (B, T, C); a ``cache`` lets generation reuse earlier tokens (Chapter 7).
     """
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
@@ -156,7 +155,8 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if block_size is not None:
             positive_int("block_size", block_size)
-        self.dropout, self.block_size = dropout, block_size
+        self.block_size = block_size
+        self.dropout = dropout                                   # _attend_fused needs it
         self.n_embd, self.n_head, self.head_size = n_embd, n_head, n_embd // n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # x -> q | k | v
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)       # merged heads -> output
@@ -170,66 +170,49 @@ class CausalSelfAttention(nn.Module):
         return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False, cache=None):
-        """Causal self-attention of x (B, T, C) -> y (B, T, C) (and the weights if asked).
+        """Causal self-attention of x (B, T, C) -> y (B, T, C), or ``(y, weights)`` if asked.
 
-        Project x and split it into heads (``qkv``). With ``need_weights``, attend explicitly:
-        ``attention_weights`` with the mask ``_causal_mask_after(past, T)``, ``attn_dropout`` on
-        the weights, then the values; otherwise the provided ``_attend_fused`` computes the same
-        with PyTorch's fused kernel. Then merge the heads, project with ``c_proj`` and apply
-        ``resid_dropout``. Returns y, or ``(y, weights)`` with weights (B, n_head, T, past + T).
-
-        ``cache`` (optional) holds this layer's keys and values of ``cache.length`` earlier
-        positions; ``cache.update(k, v)`` appends the new tokens' keys and values and returns those
-        of every position so far. x is then the next T tokens, at positions ``past .. past+T-1``:
-        new query i may attend to keys ``0 .. past + i``.
+        Project x and split it into heads (``qkv``); ``_with_cache`` gives the keys and values of
+        every position so far and ``past``, the number of earlier positions (0 without a cache:
+        x is then the next T tokens, at positions ``past .. past + T - 1``). With
+        ``need_weights``, attend explicitly: ``attention_weights`` with the mask
+        ``_causal_mask_after(past, T)``, ``attn_dropout`` on the weights, then the values;
+        otherwise ``_attend_fused`` (dropout ``self.dropout`` in training, 0 in evaluation). Merge
+        the heads, project with ``c_proj``, apply ``resid_dropout``. The weights are
+        (B, n_head, T, past + T).
         """
         self._check_input(x)                            # provided: clear errors at the edge
         q, k, v = self.qkv(x)                           # (B, n_head, T, head_size) each
-        k, v, past = self._with_cache(k, v, cache)      # provided: Chapter 7's cache (past = 0 without)
+        k, v, past = self._with_cache(k, v, cache)      # (B, n_head, past + T, head_size)
         if need_weights:
             mask = _causal_mask_after(past, x.shape[1], x.device)     # (T, past + T)
             weights = attention_weights(q, k, mask)                   # (B, n_head, T, past + T)
             y = self.attn_dropout(weights) @ v                        # (B, n_head, T, head_size)
         else:
-            y = self._attend_fused(q, k, v, past)       # provided: the same, by the fused kernel
+            y = _attend_fused(q, k, v, past, self.dropout if self.training else 0.0)
         y = merge_heads(y)                              # (B, T, C)
         y = self.resid_dropout(self.c_proj(y))
         return (y, weights) if need_weights else y
 
-    # Provided: validation at the edge, Chapter 7's cache and PyTorch's fused kernel.
+    # Provided: validation at the edge.
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] == 0:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"CausalSelfAttention expects x of shape (B, T, n_embd), got {shape}")
-        B, T, C = x.shape
-        if C != self.n_embd:
-            raise ValueError(f"x has {C} channels but this layer has n_embd = {self.n_embd}")
-        if T == 0:
-            raise ValueError("x has no positions (T = 0)")
-        if self.block_size is not None and T > self.block_size:
-            raise ValueError(f"sequence length T = {T} exceeds block_size = {self.block_size}")
+            raise ValueError(f"CausalSelfAttention expects x of shape (B, T, n_embd), not T = 0, got {shape}")
+        if x.shape[2] != self.n_embd:
+            raise ValueError(f"x has {x.shape[2]} channels but this layer has n_embd = {self.n_embd}")
+        if self.block_size is not None and x.shape[1] > self.block_size:
+            raise ValueError(f"sequence length T = {x.shape[1]} exceeds block_size = {self.block_size}")
 
     def _with_cache(self, k: torch.Tensor, v: torch.Tensor, cache):
-        """Without a cache: (k, v, 0). With one: append the new keys and values to it and return
-        those of every position so far, and ``past``, the number of earlier positions."""
-        if cache is None:
+        """Keys and values of every position so far, and ``past``: without a cache ``(k, v, 0)``;
+        with one, ``past`` is ``cache.length`` before this call, and ``cache.update(k, v)`` appends
+        the new keys and values and returns those of every position so far."""
+        if cache is None:                               # provided: nothing cached
             return k, v, 0
-        past = cache.length
-        k, v = cache.update(k, v)                       # (B, n_head, past + T, head_size)
+        past = cache.length                             # read it before the update
+        k, v = cache.update(k, v)
         return k, v, past
-
-    def _attend_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      past: int) -> torch.Tensor:
-        """``forward``'s attention by ``F.scaled_dot_product_attention``: the same result, without
-        storing the (T, past + T) weights when a fused kernel is available."""
-        p = self.dropout if self.training else 0.0
-        T = q.shape[2]
-        if past == 0:       # no earlier tokens: the ordinary causal mask
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        if T == 1:          # one new token sees every position: nothing to mask
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=_causal_mask_after(past, T, q.device), dropout_p=p)
 
     def extra_repr(self) -> str:
         return (f"n_embd={self.n_embd}, n_head={self.n_head}, head_size={self.head_size}, "

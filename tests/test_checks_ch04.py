@@ -97,7 +97,20 @@ def mask_after_ignoring_past(past, T, device=None):
     return torch.ones(T, past + T, dtype=torch.bool, device=device).tril()
 
 
-# ------------------------------------------------------------------ 4.7 CausalSelfAttention
+# ------------------------------------------------------------------ 4.7 _attend_fused
+def fused_factory(prefix="mask", dropout=True):
+    def attend_fused(q, k, v, past=0, dropout_p=0.0):
+        p = dropout_p if dropout else 0.0
+        if past == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=prefix != "none", dropout_p=p)
+        if prefix == "is_causal":       # aligns the triangle top-left when T_q < T_k
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        mask = None if prefix in ("none", "unmasked") else _tril(q.shape[-2], past, past + q.shape[-2])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    return attend_fused
+
+
+# ------------------------------------------------------------------ 4.8 CausalSelfAttention
 class MergeNoTranspose(CausalSelfAttention):
     def forward(self, x, need_weights=False, cache=None):
         B, T, C = x.shape
@@ -183,7 +196,47 @@ class HardCodedHeads(CausalSelfAttention):
         super().__init__(n_embd, 4 if n_embd % 4 == 0 else n_head, dropout, bias, block_size)
 
 
-# ------------------------------------------------------------------ 4.8 the naive decoder
+class FusedDropoutInEval(CausalSelfAttention):
+    """Hands the layer's dropout to the fused kernel in evaluation mode too."""
+    def forward(self, x, need_weights=False, cache=None):
+        if need_weights:
+            return super().forward(x, need_weights=True, cache=cache)
+        q, k, v = self.qkv(x)
+        y = attention._attend_fused(q, k, v, 0, self.dropout)
+        return self.resid_dropout(self.c_proj(attention.merge_heads(y)))
+
+
+class FusedNeverDrops(CausalSelfAttention):
+    """Never hands the dropout to the fused kernel; resid_dropout is missing too."""
+    def forward(self, x, need_weights=False, cache=None):
+        if need_weights:
+            return super().forward(x, need_weights=True, cache=cache)
+        q, k, v = self.qkv(x)
+        return self.c_proj(attention.merge_heads(attention._attend_fused(q, k, v)))
+
+
+# ------------------------------------------------------------------ 4.9 the cache path
+class PastAfterUpdate(CausalSelfAttention):
+    def _with_cache(self, k, v, cache):
+        if cache is None:
+            return k, v, 0
+        k, v = cache.update(k, v)
+        return k, v, cache.length
+
+
+class CacheNotRead(CausalSelfAttention):
+    def _with_cache(self, k, v, cache):
+        if cache is not None:
+            cache.update(k, v)
+        return k, v, 0
+
+
+class CacheNeverUpdated(CausalSelfAttention):
+    def _with_cache(self, k, v, cache):
+        return k, v, 0 if cache is None else cache.length
+
+
+# ------------------------------------------------------------------ 4.10 the naive decoder
 class FixedDecoder(nn.Module):
     def __init__(self, vocab_size, block_size, n_embd, n_head, batch_first=True, mask="causal",
                  positions=True):
@@ -235,8 +288,11 @@ PASSING = [  # (exercise, candidate); the id names it
     pytest.param("4.5", lambda y: y.transpose(1, 2).flatten(2), id="4.5-flatten"),
     pytest.param("4.6", attention._causal_mask_after, id="4.6-library"),
     pytest.param("4.6", mask_after_factory(), id="4.6-reference"),
-    pytest.param("4.7", CausalSelfAttention, id="4.7-library"),
-    pytest.param("4.8", decoder_factory(), id="4.8-reference"),
+    pytest.param("4.7", attention._attend_fused, id="4.7-library"),
+    pytest.param("4.7", fused_factory(), id="4.7-reference"),
+    pytest.param("4.8", CausalSelfAttention, id="4.8-library"),
+    pytest.param("4.9", CausalSelfAttention, id="4.9-library"),
+    pytest.param("4.10", decoder_factory(), id="4.10-reference"),
 ]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id names the mistake
@@ -281,26 +337,36 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id nam
     pytest.param("4.6", mask_after_factory(device_ok=False), "device", id="4.6-device-ignored"),
     pytest.param("4.6", lambda past, T, device=None: _tril(T, past, past + T).float(), "bool",
                  id="4.6-float-mask"),
-    pytest.param("4.7", MergeNoTranspose, "mixes positions", id="4.7-merge-no-transpose"),
-    pytest.param("4.7", SplitByReshape, "heads split wrongly", id="4.7-split-by-reshape"),
-    pytest.param("4.7", QKSwapped, "q | k | v", id="4.7-q-k-swapped"),
-    pytest.param("4.7", NoProjection, "output projection is missing", id="4.7-no-projection"),
-    pytest.param("4.7", NoCausalMask, "no causal mask", id="4.7-no-causal-mask"),
-    pytest.param("4.7", ExplicitPathUnmasked, "with need_weights=True query i puts weight on keys after i",
-                 id="4.7-explicit-path-unmasked"),
-    pytest.param("4.7", IgnoresPast, "in pieces through a cache", id="4.7-mask-ignores-the-cache"),
-    pytest.param("4.7", FunctionalDropout, "deterministic", id="4.7-dropout-in-eval"),
-    pytest.param("4.7", WeightsAfterDropout, "before dropout", id="4.7-returns-dropped-weights"),
-    pytest.param("4.7", NoBiasOption, "bias=False", id="4.7-bias-ignored"),
-    pytest.param("4.7", HardCodedHeads, "head_size must be n_embd // n_head", id="4.7-hard-coded-heads"),
-    pytest.param("4.8", decoder_factory(batch_first=False, mask="none", positions=False),
-                 "sequences of a batch are mixing", id="4.8-the-naive-decoder"),
-    pytest.param("4.8", decoder_factory(batch_first=False), "sequences of a batch are mixing",
-                 id="4.8-batch-first-still-false"),
-    pytest.param("4.8", decoder_factory(mask="none"), "sees the future", id="4.8-no-causal-mask"),
-    pytest.param("4.8", decoder_mask_gets_padding_convention, "sees the future",
-                 id="4.8-mask-convention-inverted"),
-    pytest.param("4.8", decoder_factory(positions=False), "bag of earlier tokens", id="4.8-positions-not-added"),
+    pytest.param("4.7", fused_factory(prefix="is_causal"), "top-left corner", id="4.7-is-causal-after-a-prefix"),
+    pytest.param("4.7", fused_factory(prefix="unmasked"), "future must still be hidden",
+                 id="4.7-no-mask-after-a-prefix"),
+    pytest.param("4.7", fused_factory(prefix="none"), "ordinary causal mask is missing", id="4.7-never-masked"),
+    pytest.param("4.7", fused_factory(dropout=False), "nothing was dropped", id="4.7-dropout-ignored"),
+    pytest.param("4.8", MergeNoTranspose, "mixes positions", id="4.8-merge-no-transpose"),
+    pytest.param("4.8", SplitByReshape, "heads split wrongly", id="4.8-split-by-reshape"),
+    pytest.param("4.8", QKSwapped, "q | k | v", id="4.8-q-k-swapped"),
+    pytest.param("4.8", NoProjection, "output projection is missing", id="4.8-no-projection"),
+    pytest.param("4.8", NoCausalMask, "no causal mask", id="4.8-no-causal-mask"),
+    pytest.param("4.8", ExplicitPathUnmasked, "with need_weights=True query i puts weight on keys after i",
+                 id="4.8-explicit-path-unmasked"),
+    pytest.param("4.8", FunctionalDropout, "deterministic", id="4.8-dropout-in-eval"),
+    pytest.param("4.8", WeightsAfterDropout, "before dropout", id="4.8-returns-dropped-weights"),
+    pytest.param("4.8", NoBiasOption, "bias=False", id="4.8-bias-ignored"),
+    pytest.param("4.8", HardCodedHeads, "head_size must be n_embd // n_head", id="4.8-hard-coded-heads"),
+    pytest.param("4.8", FusedDropoutInEval, "no dropout in evaluation", id="4.8-fused-dropout-in-eval"),
+    pytest.param("4.8", FusedNeverDrops, "gave the same output", id="4.8-fused-path-never-drops"),
+    pytest.param("4.9", IgnoresPast, "the mask ignores past", id="4.9-mask-ignores-the-cache"),
+    pytest.param("4.9", PastAfterUpdate, "cache.length read before", id="4.9-past-read-after-update"),
+    pytest.param("4.9", CacheNotRead, "do not see the earlier positions", id="4.9-cache-not-read"),
+    pytest.param("4.9", CacheNeverUpdated, "cache.update(k, v)", id="4.9-cache-never-updated"),
+    pytest.param("4.10", decoder_factory(batch_first=False, mask="none", positions=False),
+                 "sequences of a batch are mixing", id="4.10-the-naive-decoder"),
+    pytest.param("4.10", decoder_factory(batch_first=False), "sequences of a batch are mixing",
+                 id="4.10-batch-first-still-false"),
+    pytest.param("4.10", decoder_factory(mask="none"), "sees the future", id="4.10-no-causal-mask"),
+    pytest.param("4.10", decoder_mask_gets_padding_convention, "sees the future",
+                 id="4.10-mask-convention-inverted"),
+    pytest.param("4.10", decoder_factory(positions=False), "bag of earlier tokens", id="4.10-positions-not-added"),
 ]
 
 
@@ -318,7 +384,7 @@ def test_check_rejects_the_mistake_with_a_hint(assert_check_fails, exercise_id, 
 def test_unfinished_exercise_is_not_done():
     def todo(*args, **kwargs):
         raise NotImplementedError
-    for eid in ("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"):
+    for eid in ("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8", "4.9", "4.10"):
         assert run_check(eid, todo).status == "not done"
 
 
@@ -328,6 +394,7 @@ def test_checks_leave_the_global_random_stream_alone():
     expected = torch.rand(3)
     torch.manual_seed(0)
     for eid, candidate in (("4.2", attention.scaled_dot_product_attention),
-                           ("4.7", CausalSelfAttention), ("4.8", decoder_factory())):
+                           ("4.8", CausalSelfAttention), ("4.9", CausalSelfAttention),
+                           ("4.10", decoder_factory())):
         assert run_check(eid, candidate).passed
     assert torch.equal(torch.rand(3), expected)

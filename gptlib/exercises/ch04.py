@@ -108,8 +108,12 @@ def _weight_cases(g):
     yield "q and k (2, 2, 6, 4) with a (6, 6) causal mask (broadcast over batch and heads)", q, k, _tril(T)
 
 
+_FROM_SCRATCH = ("F.scaled_dot_product_attention", "torch.nn.functional.scaled_dot_product_attention",
+                 "nn.MultiheadAttention", "torch.nn.MultiheadAttention")
+
+
 @exercise("4.1", "Attention weights", builds="gptlib.attention:attention_weights", tier="core",
-          difficulty=2, importance=3)
+          difficulty=2, importance=3, forbids=_FROM_SCRATCH)
 def _(attention_weights):
     g = torch.Generator().manual_seed(41)
     right_before = False    # a case already passed: a later failure points at a fixed size
@@ -152,7 +156,7 @@ def _(attention_weights):
 # ----------------------------------------------------------------------------------- 4.2
 @exercise("4.2", "Scaled dot-product attention with dropout",
           builds="gptlib.attention:scaled_dot_product_attention", tier="warm-up", difficulty=1,
-          importance=2)
+          importance=2, forbids=_FROM_SCRATCH)
 def _(scaled_dot_product_attention):
     g = torch.Generator().manual_seed(42)
     cases = [((2, 3, 5, 16), (2, 3, 7, 16), (2, 3, 7, 4), None),
@@ -346,6 +350,49 @@ def _(causal_mask_after):
 
 
 # ----------------------------------------------------------------------------------- 4.7
+_FUSED_TOP_LEFT = ("after a prefix (past = {past} cached positions, T = {T} new queries) new query "
+                   "0 sees only key 0: is_causal=True aligns its triangle with the top-left corner "
+                   "when there are fewer queries than keys; after a prefix pass attn_mask="
+                   "_causal_mask_after(past, T) instead (is_causal only when past == 0)")
+_FUSED_UNMASKED = ("after a prefix (past = {past}, T = {T}) new query i sees the keys after "
+                   "position past + i: with several new queries the future must still be hidden; "
+                   "pass attn_mask=_causal_mask_after(past, T)")
+_FUSED_NOT_CAUSAL = ("without a prefix (past = 0) query i sees keys after i: the ordinary causal "
+                     "mask is missing (is_causal=True)")
+
+
+@exercise("4.7", "The fused kernel, after a prefix", builds="gptlib.attention:_attend_fused",
+          tier="core", difficulty=2, importance=2)
+def _(attend_fused):
+    g = torch.Generator().manual_seed(407)
+    for B, H, past, T, h in [(2, 3, 0, 5, 4), (1, 2, 3, 4, 8), (2, 1, 6, 1, 4), (1, 4, 2, 6, 2)]:
+        q = torch.randn(B, H, T, h, generator=g, dtype=torch.float64)
+        k, v = (torch.randn(B, H, past + T, h, generator=g, dtype=torch.float64) for _ in range(2))
+        where = f"q {(B, H, T, h)} after past = {past} positions (k and v {(B, H, past + T, h)})"
+        got = attend_fused(q, k, v, past)
+        ref = _softmax_scores(q, k, mask=_tril(T, diagonal=past, cols=past + T)) @ v
+        expect(isinstance(got, torch.Tensor) and got.shape == ref.shape,
+               f"{where}: the output must have the shape of q, {tuple(ref.shape)}; got {_shape(got)}")
+        if not _close(got, ref, atol=1e-8):
+            _diagnose(got, {
+                _FUSED_TOP_LEFT.format(past=past, T=T):
+                    lambda: _softmax_scores(q, k, mask=_tril(T, cols=past + T)) @ v,
+                (_FUSED_UNMASKED if past else _FUSED_NOT_CAUSAL).format(past=past, T=T):
+                    lambda: _softmax_scores(q, k) @ v,
+            }, f"{where}: the output differs from softmax(q k^T / sqrt(d_k)) v with new query i "
+               "seeing keys 0 .. past + i")
+    # Dropout is handed on to the kernel (the kernel draws from torch's generator).
+    q, k, v = (torch.randn(2, 2, 6, 4, generator=g) for _ in range(3))
+    ref = _softmax_scores(q, k, mask=_tril(6)) @ v
+    torch.manual_seed(0)
+    dropped = attend_fused(q, k, v, 0, 0.5)
+    expect(not _close(dropped, ref), "with dropout_p = 0.5 nothing was dropped: pass dropout_p on "
+           "to F.scaled_dot_product_attention")
+    expect(_close(attend_fused(q, k, v, 0, 0.0), ref), "with dropout_p = 0 the output must be "
+           "exactly the attention output (no dropout)")
+
+
+# ----------------------------------------------------------------------------------- 4.8
 class _ToyCache:
     """A layer's keys and values, as Chapter 7's cache keeps them (length, update)."""
 
@@ -408,8 +455,8 @@ def _diagnose_layer(got, layer, x, n_head, generic):
     }, generic)
 
 
-@exercise("4.7", "Multi-head causal self-attention", builds="gptlib.attention:CausalSelfAttention",
-          tier="core", difficulty=3, importance=3)
+@exercise("4.8", "Multi-head causal self-attention", builds="gptlib.attention:CausalSelfAttention",
+          tier="core", difficulty=3, importance=3, forbids=_FROM_SCRATCH)
 def _(CausalSelfAttention):
     torch.manual_seed(47)
     g = torch.Generator().manual_seed(47)
@@ -483,28 +530,88 @@ def _(CausalSelfAttention):
         expect(torch.equal(layer(x, need_weights=True)[0], layer(x, need_weights=True)[0]),
                "in evaluation mode (.eval()) the layer must be deterministic: use the layer's "
                "nn.Dropout modules, which switch off in .eval(), not F.dropout")
-    # Chapter 7's cache: the sequence in pieces gives the same as in one pass, on both paths.
-    layer = CausalSelfAttention(24, 3).eval().double()
-    x = torch.randn(2, 9, 24, generator=g, dtype=torch.float64)
+    # The cache path is Exercise 4.9; here the fused path's dropout, in training and evaluation.
+    layer.train()
+    torch.manual_seed(0)
+    a = layer(x)
+    expect(not torch.equal(a, layer(x)), "with dropout = 0.5 in training mode two calls of "
+           "forward(x) gave the same output: hand the layer's dropout to _attend_fused in training")
+    layer.eval()
     with torch.no_grad():
-        full = layer(x)
-        for need_weights in (False, True):
-            cache, pieces = _ToyCache(), []
-            for a, b in [(0, 4), (4, 5), (5, 9)]:
-                out = layer(x[:, a:b], need_weights=need_weights, cache=cache)
-                pieces.append(out[0] if need_weights else out)
-            expect(_close(torch.cat(pieces, dim=1), full, atol=1e-8),
-                   "fed in pieces through a cache (positions 0-3, then 4, then 5-8), "
-                   + ("with need_weights=True " if need_weights else "")
-                   + "the layer does not give what it gives in one pass: the new queries follow "
-                   "`past` earlier positions, so attend with _causal_mask_after(past, T)")
+        expect(_close(layer(x), layer(x, need_weights=True)[0]),
+               "in evaluation mode the fused path (forward(x)) and the explicit path "
+               "(need_weights=True) differ: no dropout in evaluation (pass dropout_p = 0 to "
+               "_attend_fused when not self.training)")
 
 
-# ----------------------------------------------------------------------------------- 4.8
+# ----------------------------------------------------------------------------------- 4.9
+_MASK_IGNORES_PAST = ("fed in pieces, new query 0 of a piece sees only key 0: the mask ignores "
+                      "past; new query i sits at position past + i (attend with "
+                      "_causal_mask_after(past, T), past = cache.length before the update)")
+_CACHE_NOT_USED = ("fed in pieces, the new queries do not see the earlier positions: use the keys "
+                   "and values that cache.update(k, v) returns (every position so far), not only "
+                   "the new ones")
+
+
+def _in_pieces(layer, x, splits, keys):
+    """The layer's output when the piece (a, b) attends to the keys ``keys(a, b)`` gives (a range
+    of positions and the (b - a, len) mask): the known mistakes of the cache path."""
+    q, k, v = (t for t in layer.qkv(x))
+    out = []
+    for a, b in splits:
+        start, mask = keys(a, b)
+        out.append(_softmax_scores(q[:, :, a:b], k[:, :, start:b], mask=mask) @ v[:, :, start:b])
+    return layer.c_proj(_merge(torch.cat(out, dim=2)))
+
+
+@exercise("4.9", "The cache path", builds="gptlib.attention:CausalSelfAttention", tier="core",
+          difficulty=2, importance=2, forbids=_FROM_SCRATCH)
+def _(CausalSelfAttention):
+    g = torch.Generator().manual_seed(49)
+    for C, n_head, splits in [(24, 3, [(0, 4), (4, 5), (5, 9)]), (16, 2, [(0, 1), (1, 3), (3, 7)])]:
+        layer = CausalSelfAttention(C, n_head).eval().double()
+        T = splits[-1][1]
+        x = torch.randn(2, T, C, generator=g, dtype=torch.float64)
+        mha = _mha_like(layer, C, n_head).double()
+        with torch.no_grad():
+            ref = mha(x, x, x, attn_mask=~_tril(T), need_weights=False)[0]
+            for need_weights in (False, True):
+                where = ("fed in pieces through a cache (positions " + ", then ".join(
+                    f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in splits) + ")"
+                    + (", with need_weights=True" if need_weights else ""))
+                cache, pieces = _ToyCache(), []
+                for a, b in splits:
+                    try:
+                        out = layer(x[:, a:b], need_weights=need_weights, cache=cache)
+                    except (RuntimeError, ValueError) as err:
+                        raise CheckFailed(
+                            f"{where}, the piece at positions {a}-{b - 1} raised "
+                            f"{type(err).__name__}: {str(err).splitlines()[0]}. The mask is "
+                            "(T, past + T), one column per key: past must be the number of "
+                            "positions cached before this call (cache.length read before "
+                            "cache.update), and k, v those that cache.update returns") from None
+                    pieces.append(out[0] if need_weights else out)
+                got = torch.cat(pieces, dim=1)
+                if _close(got, ref, atol=1e-8):
+                    continue
+                expect(cache.length == T, f"{where}: the cache holds {cache.length} positions at "
+                       f"the end instead of {T}: hand every piece's keys and values to "
+                       "cache.update(k, v)")
+                _diagnose(got, {
+                    f"{where}: {_CACHE_NOT_USED}": lambda: _in_pieces(
+                        layer, x, splits, lambda a, b: (a, _tril(b - a))),
+                    f"{where}: {_MASK_IGNORES_PAST}": lambda: _in_pieces(
+                        layer, x, splits, lambda a, b: (0, _tril(b - a, cols=b))),
+                }, f"{where}: the layer does not give what nn.MultiheadAttention gives on the whole "
+                   "sequence: past is the number of positions cached before this call, and new "
+                   "query i sits at position past + i")
+
+
+# ----------------------------------------------------------------------------------- 4.10
 _VOCAB, _BLOCK = 11, 8
 
 
-@exercise("4.8", "Find the three bugs in a naive decoder", tier="stretch", difficulty=3,
+@exercise("4.10", "Find the three bugs in a naive decoder", tier="stretch", difficulty=3,
           importance=2)
 def _(Decoder):
     """Measured on the learner's decoder class ``Decoder(vocab_size, block_size, n_embd, n_head)``,
