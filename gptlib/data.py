@@ -20,8 +20,10 @@ TokenData = Union[torch.Tensor, Sequence[int]]
 def as_token_tensor(data: TokenData) -> torch.Tensor:
     """Return ``data`` as a 1-D ``torch.long`` tensor of token ids.
 
-    ``data`` may be a tensor, a NumPy array or a list of ints. Anything that is not a non-empty
-    1-D stream of non-negative integers raises ``ValueError`` naming the problem.
+    ``data`` may be a tensor, a NumPy array (it has ``__array__``) or any other iterable of ints
+    (a list, a tuple, a range). Anything that is not a non-empty 1-D stream of non-negative
+    integers raises ``ValueError`` naming the problem: data that does not convert to a tensor
+    (a string of letters), no ids at all, floats or booleans, a 2-D array, a negative id.
     """
     if not isinstance(data, torch.Tensor):
         try:
@@ -61,17 +63,19 @@ def train_val_split(data: TokenData, val_fraction: float = 0.1) -> Tuple[torch.T
 
 
 # %% ../notebooks/02_embeddings.ipynb #ch02-015
-def _check_stream(data: torch.Tensor, block_size: int) -> None:
-    if not isinstance(data, torch.Tensor):
-        raise ValueError(f"data must be a 1-D tensor of token ids, got {type(data).__name__}; "
-                         "use as_token_tensor(...) first")
-    if data.dim() != 1:
-        raise ValueError(f"data must be a 1-D tensor of token ids, got shape {tuple(data.shape)}")
+def _check_stream(data: torch.Tensor, block_size: int, batch_size: int) -> None:
+    """Refuse what no window can be cut from: ValueError names the problem."""
+    positive_int("block_size", block_size)
+    positive_int("batch_size", batch_size)
+    if not isinstance(data, torch.Tensor) or data.dim() != 1:
+        got = f"shape {tuple(data.shape)}" if isinstance(data, torch.Tensor) else type(data).__name__
+        raise ValueError(f"data must be a 1-D tensor of token ids, got {got}; use as_token_tensor(...) first")
     if data.dtype == torch.bool or data.is_floating_point() or data.is_complex():
         raise ValueError(f"token ids must be integers, got dtype {data.dtype}")
     if block_size >= len(data):
         raise ValueError(f"block_size={block_size} needs at least block_size + 1 = {block_size + 1} "
                          f"tokens (inputs plus the shifted target), but data has {len(data)}")
+
 
 # %% ../notebooks/02_embeddings.ipynb #ch02-015a
 def _windows(data: torch.Tensor, starts: torch.Tensor, block_size: int,
@@ -100,9 +104,7 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
     (a CPU ``torch.Generator``; the global generator when ``None``), so a seeded generator gives
     reproducible batches. ``device`` moves the batch.
     """
-    positive_int("block_size", block_size)
-    positive_int("batch_size", batch_size)
-    _check_stream(data, block_size)
+    _check_stream(data, block_size, batch_size)
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     return _windows(data, starts, block_size, device)
 
@@ -117,9 +119,7 @@ def iter_batches(data: torch.Tensor, block_size: int, batch_size: int,
     stream (except a short tail) is scored exactly once: use this for evaluation. The last batch
     may be smaller than ``batch_size``. ``max_batches`` stops early.
     """
-    positive_int("block_size", block_size)
-    positive_int("batch_size", batch_size)
-    _check_stream(data, block_size)
+    _check_stream(data, block_size, batch_size)
     if max_batches is not None:
         positive_int("max_batches", max_batches)
     starts = torch.arange(0, len(data) - block_size, block_size)

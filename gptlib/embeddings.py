@@ -19,7 +19,8 @@ INIT_STD = 0.02   # GPT-2's standard deviation for every initial weight (embeddi
 
 
 def one_hot_embed(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Embed ``idx`` the slow, explicit way: ``one_hot(idx, V) @ weight`` (``weight`` is ``(V, C)``).
+    """Embed ``idx`` the slow, explicit way: ``one_hot(idx, V) @ weight`` (``weight`` is ``(V, C)``),
+    with the one-hot tensor, shape ``idx.shape + (V,)`` and ``weight``'s dtype, built by hand.
 
     Equal to ``weight[idx]``; it exists to show what an embedding lookup computes. Ids of the wrong
     dtype or outside ``[0, V)`` raise ``ValueError``.
@@ -34,7 +35,9 @@ def one_hot_embed(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= V):
         raise ValueError(f"token ids must lie in [0, {V}) for vocab_size={V}, "
                          f"got ids from {int(idx.min())} to {int(idx.max())}")
-    return F.one_hot(idx.long(), num_classes=V).to(weight.dtype) @ weight
+    one_hot = torch.zeros(*idx.shape, V, dtype=weight.dtype, device=weight.device)
+    one_hot.scatter_(-1, idx.long().unsqueeze(-1), 1.0)        # a 1 in column idx of each row
+    return one_hot @ weight
 
 
 # %% ../notebooks/02_embeddings.ipynb #ch02-027d
@@ -42,9 +45,10 @@ class TokenEmbedding(nn.Embedding):
     """The token embedding table: ``(B, T)`` ids -> ``(B, T, n_embd)`` vectors.
 
     A subclass of ``nn.Embedding`` (its parameter is ``.weight``, shape ``(vocab_size, n_embd)``),
-    initialised as in GPT-2: normal with standard deviation ``init_std`` (``INIT_STD``). Its
-    forward is the plain lookup: the ids are checked once, where they come in (``GPT.forward``,
-    ``get_batch``), not again on every lookup.
+    initialised as in GPT-2: normal with mean 0 and standard deviation ``init_std`` (``INIT_STD``),
+    drawn by ``reset_parameters``, which ``nn.Embedding.__init__`` calls (so ``self.init_std``
+    must exist before it runs). Its forward is ``nn.Embedding``'s plain lookup: the ids are
+    checked once, where they come in (``GPT.forward``, ``get_batch``), not again on every lookup.
     """
 
     def __init__(self, vocab_size: int, n_embd: int, init_std: float = INIT_STD, **kwargs):
@@ -54,8 +58,8 @@ class TokenEmbedding(nn.Embedding):
         super().__init__(vocab_size, n_embd, **kwargs)
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, mean=0.0, std=getattr(self, "init_std", INIT_STD))
-        self._fill_padding_idx_with_zero()
+        nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
+        self._fill_padding_idx_with_zero()        # as nn.Embedding does, when padding_idx is given
 
     @property
     def vocab_size(self) -> int:
@@ -117,8 +121,8 @@ def sinusoidal_encoding(block_size: int, n_embd: int, base: float = 10000.0) -> 
     """The ``(block_size, n_embd)`` sinusoidal table of Vaswani et al. (2017).
 
     Column ``2i`` holds ``sin(t / base**(2i / n_embd))`` and column ``2i + 1`` the cosine of the
-    same angle, for positions ``t = 0 .. block_size - 1``. ``n_embd`` must be even. The table is
-    computed in float64 and returned as float32.
+    same angle, for positions ``t = 0 .. block_size - 1``. An odd ``n_embd`` raises ``ValueError``
+    (the columns come in pairs). The table is computed in float64 and returned as float32.
     """
     positive_int("block_size", block_size)
     positive_int("n_embd", n_embd)
@@ -145,9 +149,8 @@ class SinusoidalPositionalEncoding(_PositionTable):
 
     def __init__(self, block_size: int, n_embd: int, base: float = 10000.0):
         super().__init__()
-        self.block_size = positive_int("block_size", block_size)
-        self.n_embd = positive_int("n_embd", n_embd)
         self.register_buffer("weight", sinusoidal_encoding(block_size, n_embd, base), persistent=False)
+        self.block_size, self.n_embd = block_size, n_embd      # checked by sinusoidal_encoding
 
 # %% ../notebooks/02_embeddings.ipynb #ch02-035f
 def position_similarity(weight: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -37,7 +37,55 @@ def _batch(get_batch, data, block_size, batch_size, seed):
 
 
 # ---------------------------------------------------------------- 2.1
-@exercise("2.1", "A deterministic split", builds="gptlib.data:train_val_split", tier="warm-up",
+_NOT_IDS = [  # (data, what it is, why it is not a stream of token ids)
+    ([1.5, 2.0], "a list of floats", "token ids are integers"),
+    (torch.tensor([1.0, 2.0]), "a float tensor of whole numbers", "token ids are integers, not floats"),
+    (torch.tensor([True, False, True]), "a bool tensor", "booleans are not token ids (and torch.bool "
+     "is not floating point: test it on its own)"),
+    (torch.zeros(2, 3, dtype=torch.long), "a (2, 3) tensor", "a stream is 1-D"),
+    ([[1, 2], [3, 4]], "a nested list", "a stream is 1-D"),
+    ([], "an empty list", "there are no ids"),
+    (torch.zeros(0, dtype=torch.long), "an empty long tensor", "there are no ids"),
+    ([1, "a"], "the list [1, 'a']", "'a' is not a token id"),
+    (None, "None", "None is not a stream of ids"),
+    ([4, -2, 7], "a list with -2", "token ids are >= 0"),
+    ("abc", "the string 'abc'", "letters are not token ids"),
+]
+
+
+@exercise("2.1", "What counts as a token stream", builds="gptlib.data:as_token_tensor", tier="warm-up",
+          difficulty=1, importance=2)
+def _(as_token_tensor):
+    import numpy as np
+    for data, what in (([3, 1, 2], "a list"), ((3, 1, 2), "a tuple"), (range(3, 0, -1), "a range"),
+                       (np.array([3, 1, 2], dtype=np.int32), "an int32 NumPy array"),
+                       (torch.tensor([3, 1, 2], dtype=torch.int16), "an int16 tensor"),
+                       (torch.tensor([3, 1, 2]), "a long tensor"), ([0], "a one-id list")):
+        want = [int(v) for v in data]
+        out = as_token_tensor(data)
+        expect(isinstance(out, torch.Tensor), f"as_token_tensor({what}) must return a torch tensor, "
+                                              f"got {type(out).__name__}")
+        expect(out.dim() == 1 and out.tolist() == want,
+               f"as_token_tensor({what} {list(want)}) must give the 1-D tensor of the same ids, got {out}")
+        expect(out.dtype == torch.long, f"as_token_tensor({what}) gave dtype {out.dtype}: return torch.long "
+                                        "ids (.long()), whatever integer type came in")
+    for data, what, why in _NOT_IDS:
+        try:
+            out = as_token_tensor(data)
+        except ValueError:
+            continue
+        except NotImplementedError:
+            raise
+        except Exception as err:
+            raise CheckFailed(f"as_token_tensor({what}) raised {type(err).__name__}: {why}, and every "
+                              "such input must raise ValueError naming the problem (turn the "
+                              "conversion's own error into a ValueError)") from None
+        raise CheckFailed(f"as_token_tensor({what}) returned {out!r} instead of raising ValueError: "
+                          f"{why}")
+
+
+# ---------------------------------------------------------------- 2.2
+@exercise("2.2", "A deterministic split", builds="gptlib.data:train_val_split", tier="warm-up",
           difficulty=1, importance=2)
 def _(train_val_split):
     for n, fraction in ((100, 0.1), (10, 0.25), (7, 0.3), (1000, 0.5)):
@@ -60,10 +108,20 @@ def _(train_val_split):
                "with int(len(data) * (1 - val_fraction)), which rounds down")
         expect(train.untyped_storage().data_ptr() == data.untyped_storage().data_ptr(),
                "the parts must be views of data (slices), not copies: drop .clone()")
+    for n, fraction, why in ((1, 0.1, "the training part would be empty"),
+                             (10, 1e-17, "1 - val_fraction rounds to 1.0 in floating point, so the "
+                                         "validation part would be empty")):
+        try:
+            out = train_val_split(torch.arange(n), fraction)
+        except ValueError:
+            continue
+        raise CheckFailed(f"train_val_split of {n} token(s) with val_fraction={fraction} returned parts of "
+                          f"{[len(p) for p in out]} tokens: {why}; raise ValueError when either part "
+                          "is empty")
 
 
-# ---------------------------------------------------------------- 2.2
-@exercise("2.2", "Random batches with shifted targets", builds="gptlib.data:get_batch", tier="core",
+# ---------------------------------------------------------------- 2.3
+@exercise("2.3", "Random batches with shifted targets", builds="gptlib.data:get_batch", tier="core",
           difficulty=2, importance=3)
 def _(get_batch):
     base, T, B = 1000, 8, 16
@@ -115,15 +173,34 @@ def _(get_batch):
     expect(x.device.type == "meta" and y.device.type == "meta",
            f"get_batch(..., device='meta') returned tensors on {x.device} and {y.device}: move x and y "
            "to `device` when it is given")
+    # The last rule of _check_stream: block_size + 1 tokens hold one window, block_size tokens none.
+    T = 6
+    for n in (T, T - 2):
+        try:
+            out = get_batch(torch.arange(base, base + n), T, 2, generator=torch.Generator().manual_seed(0))
+        except ValueError:
+            continue
+        except (IndexError, RuntimeError) as err:
+            out = f"{type(err).__name__} ({err})"
+        raise CheckFailed(f"get_batch on a stream of {n} tokens with block_size={T} gave {out}: a window "
+                          "needs block_size inputs plus one more token for the last target, so "
+                          "_check_stream must raise ValueError when len(data) < block_size + 1")
+    try:
+        x, y = _batch(get_batch, torch.arange(base, base + T + 1), T, 4, seed=0)
+    except ValueError as err:
+        raise CheckFailed(f"a stream of block_size + 1 = {T + 1} tokens holds exactly one window, but "
+                          f"get_batch raised ValueError ({err}): raise only when len(data) <= block_size") from None
+    expect(torch.equal(x, torch.arange(base, base + T).expand(4, T)),
+           "a stream of block_size + 1 tokens holds one window: every row must be data[0 : block_size]")
 
 
-# ---------------------------------------------------------------- 2.3
+# ---------------------------------------------------------------- 2.4
 def _eval_windows(n: int, T: int) -> torch.Tensor:
     """The starts iter_batches must use: 0, T, 2T, ... while a window's last target exists."""
     return torch.arange(0, n - T, T)
 
 
-@exercise("2.3", "Evaluation batches", builds="gptlib.data:iter_batches", tier="core",
+@exercise("2.4", "Evaluation batches", builds="gptlib.data:iter_batches", tier="core",
           difficulty=2, importance=2)
 def _(iter_batches):
     base = 2000
@@ -184,20 +261,21 @@ def _embed(one_hot_embed, idx, weight):
     except RuntimeError as err:
         text = str(err)
         if "dtype" in text or "scalar type" in text or "not implemented for 'Long'" in text:
-            raise CheckFailed("F.one_hot returns integers: convert the one-hot tensor to weight's dtype "
-                              f"(.to(weight.dtype)) before the product ({err})") from None
+            raise CheckFailed("the one-hot tensor and weight have different dtypes: make the one-hot "
+                              f"tensor in weight's dtype (.to(weight.dtype)) before the product ({err})") from None
         if "shape" in text or "size" in text or "mat1" in text:
-            raise CheckFailed("the shapes do not fit: the one-hot tensor must have weight.shape[0] columns "
-                              "(F.one_hot(idx, num_classes=weight.shape[0]); without num_classes it only "
-                              f"goes up to the largest id present), and multiply by weight itself ({err})") from None
+            raise CheckFailed("the shapes do not fit: the one-hot tensor must have V = weight.shape[0] "
+                              "columns (not just up to the largest id present), and multiply by weight "
+                              f"itself ({err})") from None
         raise
     expect(isinstance(out, torch.Tensor), "return a tensor")
     return out
 
 
-# ---------------------------------------------------------------- 2.4
-@exercise("2.4", "Embedding by one-hot product", builds="gptlib.embeddings:one_hot_embed",
-          tier="warm-up", difficulty=1, importance=2)
+# ---------------------------------------------------------------- 2.5
+@exercise("2.5", "Embedding by one-hot product", builds="gptlib.embeddings:one_hot_embed",
+          tier="warm-up", difficulty=1, importance=2,
+          forbids=("F.one_hot", "torch.nn.functional.one_hot", "F.embedding"))
 def _(one_hot_embed):
     g = torch.Generator().manual_seed(0)
     square = torch.randn(5, 5, generator=g)
@@ -214,13 +292,58 @@ def _(one_hot_embed):
     out = _embed(one_hot_embed, idx, tall)
     expect(out.shape == (1, 4, 3), f"the output must have shape idx.shape + (C,) = (1, 4, 3), got {tuple(out.shape)}")
     expect(torch.allclose(out.to(tall.dtype), tall[idx], atol=1e-6),
-           "wrong values when the vocabulary is larger than the ids used: one_hot needs num_classes=weight.shape[0]")
+           "wrong values when the vocabulary is larger than the ids used: the one-hot tensor needs "
+           "V = weight.shape[0] columns (num_classes=weight.shape[0]), not just up to the largest id")
     wide = torch.randn(6, 4, generator=g, dtype=torch.float64)
     out = _embed(one_hot_embed, torch.tensor([5, 0, 3]), wide)
     expect(out.dtype == torch.float64, f"with a float64 weight the result must be float64 (got {out.dtype}): "
                                        "use .to(weight.dtype), not .float()")
     expect(out.shape == (3, 4) and torch.equal(out, wide[torch.tensor([5, 0, 3])]),
            "a 1-D idx of length 3 must give a (3, C) result equal to weight[idx]")
+
+
+# ---------------------------------------------------------------- 2.6
+def _make_embedding(TokenEmbedding, *args, **kwargs):
+    try:
+        return TokenEmbedding(*args, **kwargs)
+    except AttributeError as err:
+        if "init_std" not in str(err):
+            raise
+        raise CheckFailed(f"TokenEmbedding{args} raised AttributeError ({err}): nn.Embedding's __init__ "
+                          "calls reset_parameters, so self.init_std must be set before "
+                          "super().__init__(...)") from None
+
+
+@exercise("2.6", "GPT-2's initialisation of the token table", builds="gptlib.embeddings:TokenEmbedding",
+          tier="warm-up", difficulty=1, importance=2)
+def _(TokenEmbedding):
+    from torch import nn
+    V, C = 300, 64
+    emb = _make_embedding(TokenEmbedding, V, C)
+    expect(isinstance(emb, nn.Embedding), "TokenEmbedding must stay a subclass of nn.Embedding")
+    params = {k: tuple(p.shape) for k, p in emb.named_parameters()}
+    expect(params == {"weight": (V, C)}, f"TokenEmbedding({V}, {C}) must have one parameter, weight of shape "
+                                         f"({V}, {C}), found {params}: pass the sizes to nn.Embedding's __init__")
+    w = emb.weight.detach()
+    expect(abs(w.mean().item()) < 0.003 and 0.018 < w.std().item() < 0.022,
+           f"a fresh TokenEmbedding({V}, {C}) must be normal with mean 0 and std init_std = 0.02 (GPT-2's), "
+           f"got mean {w.mean().item():.4f} and std {w.std().item():.4f}"
+           + (": that is PyTorch's default N(0, 1); draw from a normal with std self.init_std in "
+              "reset_parameters" if w.std().item() > 0.5 else ""))
+    wide = _make_embedding(TokenEmbedding, V, C, init_std=0.5).weight.detach()
+    if 0.015 < wide.std().item() < 0.025:
+        raise CheckFailed("TokenEmbedding(..., init_std=0.5) gave std 0.02: use self.init_std, set before "
+                          "super().__init__(...) (which calls reset_parameters), not the constant INIT_STD")
+    expect(0.45 < wide.std().item() < 0.55, f"TokenEmbedding(..., init_std=0.5) must have std 0.5, "
+                                            f"got {wide.std().item():.3f}")
+    with torch.no_grad():
+        emb.weight.fill_(1.0)
+    emb.reset_parameters()
+    expect(0.018 < emb.weight.detach().std().item() < 0.022,
+           "reset_parameters() must draw the whole table again from a normal with std self.init_std")
+    idx = torch.tensor([[0, V - 1, 7], [7, 7, 2]])
+    expect(torch.equal(emb(idx), emb.weight[idx]), "the forward must stay nn.Embedding's lookup: "
+                                                   "emb(idx) == emb.weight[idx]")
 
 
 def _variants(T: int, d: int) -> dict[str, torch.Tensor]:
@@ -255,13 +378,13 @@ def _variants(T: int, d: int) -> dict[str, torch.Tensor]:
     }
 
 
-# ---------------------------------------------------------------- 2.6
+# ---------------------------------------------------------------- 2.8
 def _sinusoidal_ref(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
     angle = torch.arange(T, dtype=torch.float64)[:, None] / base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
     return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).reshape(T, d)
 
 
-@exercise("2.6", "Sinusoidal encoding", builds="gptlib.embeddings:sinusoidal_encoding", tier="core",
+@exercise("2.8", "Sinusoidal encoding", builds="gptlib.embeddings:sinusoidal_encoding", tier="core",
           difficulty=2, importance=2)
 def _(sinusoidal):
     for T, d in ((16, 8), (7, 6)):
@@ -286,11 +409,22 @@ def _(sinusoidal):
     expect(torch.allclose(out.double(), _sinusoidal_ref(6, 4, 100.0), atol=1e-5),
            "with base=100.0 the angles must be t / 100 ** (2i / n_embd): use the `base` argument, not a "
            "hard-coded 10000")
+    try:
+        out = sinusoidal(4, 5)
+    except ValueError:
+        out = None
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        out = f"{type(err).__name__} ({err})"
+    if out is not None:
+        raise CheckFailed(f"sinusoidal(4, 5) gave {out if isinstance(out, str) else 'a table'}: an odd "
+                          "n_embd cannot be cut into (sin, cos) pairs; raise ValueError first")
     expect(sinusoidal(5, 4).dtype == torch.float32,
            f"return a float32 table (compute in float64, then .float()), got {sinusoidal(5, 4).dtype}")
 
 
-# ---------------------------------------------------------------- 2.5
+# ---------------------------------------------------------------- 2.7
 def _call_positions(pos, x, start, block_size):
     try:
         return pos(x) if start == 0 else pos(x, start)
@@ -310,7 +444,7 @@ def _must_refuse(pos, x, start, block_size):
                       "have: raise ValueError (with a message that says so) instead of returning fewer rows")
 
 
-@exercise("2.5", "Learned positions", builds="gptlib.embeddings:PositionalEmbedding", tier="core",
+@exercise("2.7", "Learned positions", builds="gptlib.embeddings:PositionalEmbedding", tier="core",
           difficulty=2, importance=3)
 def _(PositionalEmbedding):
     block_size, C, V = 8, 6, 13
@@ -356,8 +490,8 @@ def _(PositionalEmbedding):
     _must_refuse(pos, torch.zeros(1, 3, dtype=torch.long), block_size - 2, block_size)
 
 
-# ---------------------------------------------------------------- 2.7
-@exercise("2.7", "Similarity between positions", builds="gptlib.embeddings:position_similarity",
+# ---------------------------------------------------------------- 2.9
+@exercise("2.9", "Similarity between positions", builds="gptlib.embeddings:position_similarity",
           tier="warm-up", difficulty=1, importance=1)
 def _(position_similarity):
     g = torch.Generator().manual_seed(5)
@@ -383,7 +517,7 @@ def _(position_similarity):
     expect(torch.allclose(raw, dots, atol=1e-4), "normalize=False must give the plain dot products w @ w.T")
 
 
-# ---------------------------------------------------------------- 2.8 (stretch)
+# ---------------------------------------------------------------- 2.10 (stretch)
 def _prefix_pool_ref(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     out = torch.empty(values.shape, dtype=torch.float64)
     for t in range(scores.shape[1]):
@@ -392,7 +526,7 @@ def _prefix_pool_ref(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor
     return out
 
 
-@exercise("2.8", "A causal model without positions", tier="stretch", difficulty=2, importance=2)
+@exercise("2.10", "A causal model without positions", tier="stretch", difficulty=2, importance=2)
 def _(prefix_pool):
     g = torch.Generator().manual_seed(8)
     for B, T, C in ((2, 5, 3), (1, 1, 4), (3, 7, 2)):
