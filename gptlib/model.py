@@ -190,9 +190,10 @@ class GPT(nn.Module):
         return self.lm_head(self.hidden_states(idx, cache)[:, -1])
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """The number of parameters (the tied LM head is counted once). ``non_embedding=True``
-        leaves out the token and position embeddings, as Kaplan et al. count model size."""
-        n = sum(p.numel() for p in self.parameters())
+        """The number of parameters, the tied LM head counted once (it is ``wte``'s matrix).
+        ``non_embedding=True`` leaves out the token and the position embedding tables, as Kaplan
+        et al. count model size."""
+        n = sum(p.numel() for p in self.parameters())      # parameters() yields a tied matrix once
         if non_embedding:
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
@@ -239,16 +240,8 @@ def _list_keys(keys: list[str], limit: int = 8) -> str:
     return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-@torch.no_grad()
-def load_hf_state_dict(model: GPT, state_dict: dict) -> GPT:
-    """Copy a Hugging Face GPT-2 state dict into ``model`` (in place); check every key and shape."""
-    tensors = convert_hf_state_dict(state_dict)
-    head = tensors.pop("lm_head.weight", None)
-    wte = tensors.get("transformer.wte.weight")
-    if head is not None and wte is not None and not torch.equal(head, wte):
-        raise ValueError("lm_head.weight differs from transformer.wte.weight, but gptlib ties "
-                         "them: this state dict comes from an untied model")
-    params = dict(model.named_parameters())  # the tied head appears once, as wte
+def _check_fit(model: GPT, params: dict, tensors: dict) -> None:
+    """Raise a ValueError naming every missing, unexpected or misshapen key (provided)."""
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
     problems = []
@@ -264,16 +257,49 @@ def load_hf_state_dict(model: GPT, state_dict: dict) -> GPT:
                             f"{tuple(params[key].shape)}")
     if problems:
         raise ValueError(f"the state dict does not fit {model.config}: " + "; ".join(problems))
+
+
+@torch.no_grad()
+def load_hf_state_dict(model: GPT, state_dict: dict) -> GPT:
+    """Copy a Hugging Face GPT-2 state dict into ``model`` (in place) and return ``model``.
+
+    Convert it with :func:`convert_hf_state_dict`. The tied head is no parameter of its own
+    (``model.named_parameters()`` lists the shared matrix once, as ``transformer.wte.weight``):
+    take ``lm_head.weight`` out of the converted tensors, and raise a ValueError when it is there
+    and differs from ``transformer.wte.weight`` (the state dict of an untied model). Then
+    ``_check_fit(model, params, tensors)`` (provided, with ``params`` the dict of
+    ``model.named_parameters()``) refuses a missing, unexpected or misshapen key. Last, copy each
+    tensor into its parameter in place, in the parameter's dtype and on its device: the model
+    keeps its own Parameters, and so its tying.
+    """
+    tensors = convert_hf_state_dict(state_dict)
+    head = tensors.pop("lm_head.weight", None)
+    wte = tensors.get("transformer.wte.weight")
+    if head is not None and wte is not None and not torch.equal(head, wte):
+        raise ValueError("lm_head.weight differs from transformer.wte.weight, but gptlib ties "
+                         "them: this state dict comes from an untied model")
+    params = dict(model.named_parameters())  # the tied head appears once, as wte
+    _check_fit(model, params, tensors)
     for key, param in params.items():
         param.copy_(tensors[key].to(dtype=param.dtype, device=param.device))
     return model
 
+
 # %% ../notebooks/05_transformer_block.ipynb #4beac2bb
 def parameter_breakdown(model: GPT) -> dict[str, int]:
-    """Where the parameters sit: embeddings, attention, MLP, LayerNorms (tied head counted once)."""
+    """Where the parameters sit: how many of ``model``'s parameters fall in each of six groups.
+
+    Returns a dict with these keys, in this order: ``"token embedding"`` (``transformer.wte``),
+    ``"position embedding"`` (``transformer.wpe``), ``"attention"`` (every block's ``attn``),
+    ``"MLP"`` (every block's ``mlp``), ``"LayerNorm"`` (``ln_1``, ``ln_2`` and ``ln_f``) and
+    ``"LM head (untied)"`` (``lm_head.weight`` only when it is a matrix of its own). A tied head
+    is counted once, in the token embedding, so the six add up to ``model.num_parameters()``.
+    A parameter in none of the groups raises a ValueError naming it. Count with ``numel()``:
+    the model may live on the ``meta`` device, which has shapes and no values.
+    """
     groups = {"token embedding": 0, "position embedding": 0, "attention": 0, "MLP": 0,
               "LayerNorm": 0, "LM head (untied)": 0}
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters():    # a tied matrix is listed once, as wte
         if ".wte." in f".{name}":
             key = "token embedding"
         elif ".wpe." in f".{name}":
@@ -290,3 +316,4 @@ def parameter_breakdown(model: GPT) -> dict[str, int]:
             raise ValueError(f"parameter {name} belongs to no known group")
         groups[key] += p.numel()
     return groups
+

@@ -395,7 +395,113 @@ def conv_in_place(sd):
     return {_name(k): (v.t() if k.endswith(_CONV) else v) for k, v in sd.items()}
 
 
-# ------------------------------------------------------------------ 5.10 parameter count
+# ------------------------------------------------------------------ 5.6 num_parameters, 5.8 next_token_logits
+class CountsStateDict(gmodel.GPT):
+    def num_parameters(self, non_embedding=False):
+        n = sum(t.numel() for t in self.state_dict().values())   # the tied matrix twice
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+
+class NonEmbeddingKeepsWpe(gmodel.GPT):
+    def num_parameters(self, non_embedding=False):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wte.weight.numel() if non_embedding else n
+
+
+class NextFirstPosition(gmodel.GPT):
+    def next_token_logits(self, idx, cache=None):
+        return self.lm_head(self.hidden_states(idx, cache)[:, 0])
+
+
+class NextAllPositions(gmodel.GPT):
+    def next_token_logits(self, idx, cache=None):
+        return self.lm_head(self.hidden_states(idx, cache))
+
+
+# ------------------------------------------------------------------ 5.10 loading
+def _load_with(copy, pop_head=True, compare_head=True, check_fit=True):
+    """A load_hf_state_dict whose steps can each be left out or done another way."""
+    @torch.no_grad()
+    def load(model, state_dict):
+        tensors = gmodel.convert_hf_state_dict(state_dict)
+        if pop_head:
+            head = tensors.pop("lm_head.weight", None)
+            wte = tensors.get("transformer.wte.weight")
+            if compare_head and head is not None and not torch.equal(head, wte):
+                raise ValueError("lm_head.weight differs from transformer.wte.weight")
+        params = dict(model.named_parameters())
+        if check_fit:
+            gmodel._check_fit(model, params, tensors)
+        copy(model, params, tensors)
+        return model
+    return load
+
+
+def _copy_in_place(model, params, tensors):
+    for key, param in params.items():
+        param.copy_(tensors[key].to(dtype=param.dtype, device=param.device))
+
+
+def _assign_data(model, params, tensors):
+    for key, param in params.items():
+        param.data = tensors[key]                 # the checkpoint's dtype, and its storage
+
+
+def _assign_parameters(model, params, tensors):
+    model.load_state_dict(tensors, strict=False, assign=True)   # new Parameters: the tie breaks
+
+
+load_silently_untied = _load_with(_copy_in_place, compare_head=False)
+load_keeps_head = _load_with(_copy_in_place, pop_head=False)
+load_skips_check_fit = _load_with(_copy_in_place, check_fit=False)
+load_assigns_data = _load_with(_assign_data)
+load_assigns_parameters = _load_with(_assign_parameters)
+
+
+def load_todo(model, state_dict):
+    raise NotImplementedError
+
+
+# ------------------------------------------------------------------ 5.11 parameter breakdown
+def _breakdown_with(params_of, size=lambda p: p.numel(), ln=(".ln_1.", ".ln_2.", ".ln_f."), strict=True):
+    def breakdown(model):
+        groups = dict.fromkeys(["token embedding", "position embedding", "attention", "MLP",
+                                "LayerNorm", "LM head (untied)"], 0)
+        for name, p in params_of(model):
+            if name.startswith("transformer.wte."):
+                key = "token embedding"
+            elif name.startswith("transformer.wpe."):
+                key = "position embedding"
+            elif ".attn." in name:
+                key = "attention"
+            elif ".mlp." in name:
+                key = "MLP"
+            elif any(part in name for part in ln):
+                key = "LayerNorm"
+            elif name.startswith("lm_head."):
+                key = "LM head (untied)"
+            elif strict:
+                raise ValueError(f"parameter {name} belongs to no known group")
+            else:
+                continue
+            groups[key] += size(p)
+        return groups
+    return breakdown
+
+
+breakdown_state_dict = _breakdown_with(lambda m: m.state_dict().items())   # the tied head twice
+breakdown_first_dim = _breakdown_with(lambda m: m.named_parameters(), size=lambda p: p.shape[0])
+breakdown_blocks_ln_only = _breakdown_with(lambda m: m.named_parameters(), ln=(".ln_1.", ".ln_2."))
+breakdown_ignores_strangers = _breakdown_with(lambda m: m.named_parameters(), strict=False)
+
+
+def breakdown_todo(model):
+    raise NotImplementedError
+
+
+# ------------------------------------------------------------------ 5.12 parameter count
 def count_ref(c):
     V, T, L, C, b = c.vocab_size, c.block_size, c.n_layer, c.n_embd, int(c.bias)
     ln = C + b * C
@@ -420,7 +526,7 @@ def count_always_bias(c):
     return count_ref(replace(c, bias=True))
 
 
-# ------------------------------------------------------------------ 5.11 residual stream
+# ------------------------------------------------------------------ 5.13 residual stream
 def stds_ref(model, idx):
     """The measurement through forward hooks on the blocks (another way than the check's own)."""
     seen = []
@@ -453,8 +559,9 @@ def stds_todo(model, idx):
 
 
 # ------------------------------------------------------------------ the table
-PASSING = [("5.1", ln_written), ("5.2", gelu_written), ("5.10", count_ref), ("5.11", stds_ref)]
-LIBRARY = ["5.1", "5.2", "5.3", "5.4", "5.5", "5.6", "5.7", "5.8", "5.9"]
+PASSING = [("5.1", ln_written), ("5.2", gelu_written), ("5.10", _load_with(_copy_in_place)),
+           ("5.12", count_ref), ("5.13", stds_ref)]
+LIBRARY = ["5.1", "5.2", "5.3", "5.4", "5.5", "5.6", "5.7", "5.8", "5.9", "5.10", "5.11"]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("5.1", ln_eps_outside, "inside the square root"),
@@ -489,6 +596,8 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("5.6", GPTFixedBlock, "block_cls(config)"),
     ("5.6", GPTHeadBias, "no bias"),
     ("5.6", GPTNoLnF, "wte, wpe, drop, h and ln_f"),
+    ("5.6", CountsStateDict, "counted twice"),
+    ("5.6", NonEmbeddingKeepsWpe, "position table wpe"),
     ("5.7", InitUnscaled, "sqrt(2 * n_layer)"),
     ("5.7", InitSqrtL, "two such projections per block"),
     ("5.7", InitScalesEverything, "only the two c_proj weights"),
@@ -504,6 +613,8 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("5.8", ForwardShiftsAgain, "do not shift again"),
     ("5.8", ForwardMeanOverAll, "must not count in the mean"),
     ("5.8", ForwardLogitsOnly, "the pair (logits, loss)"),
+    ("5.8", NextFirstPosition, "first position's"),
+    ("5.8", NextAllPositions, "every position's logits"),
     ("5.9", conv_no_transpose, "Conv1D stores (in, out)"),
     ("5.9", conv_transpose_by_shape, "is square"),
     ("5.9", conv_transpose_all, "only the four Conv1D weights"),
@@ -512,17 +623,26 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("5.9", conv_no_prefix, "no transformer. prefix"),
     ("5.9", conv_double_prefix, "prefix twice"),
     ("5.9", conv_in_place, "was changed"),
-    ("5.10", count_untied, "tied"),
-    ("5.10", count_no_positions, "position embedding"),
-    ("5.10", count_no_layernorm, "LayerNorms"),
-    ("5.10", count_always_bias, "bias=False"),
-    ("5.11", stds_no_positions, "leaves out the positions"),
-    ("5.11", stds_after_ln_f, "enters ln_f"),
-    ("5.11", stds_blocks_only, "n_layer + 1"),
+    ("5.10", load_silently_untied, "untied model"),
+    ("5.10", load_keeps_head, "take it out of the converted tensors"),
+    ("5.10", load_skips_check_fit, "KeyError"),
+    ("5.10", load_assigns_data, "keeps its dtype"),
+    ("5.10", load_assigns_parameters, "Parameters were replaced"),
+    ("5.11", breakdown_state_dict, "tied head"),
+    ("5.11", breakdown_first_dim, "p.numel()"),
+    ("5.11", breakdown_blocks_ln_only, "ln_f is a LayerNorm too"),
+    ("5.11", breakdown_ignores_strangers, "must raise a ValueError naming it"),
+    ("5.12", count_untied, "tied"),
+    ("5.12", count_no_positions, "position embedding"),
+    ("5.12", count_no_layernorm, "LayerNorms"),
+    ("5.12", count_always_bias, "bias=False"),
+    ("5.13", stds_no_positions, "leaves out the positions"),
+    ("5.13", stds_after_ln_f, "enters ln_f"),
+    ("5.13", stds_blocks_only, "n_layer + 1"),
 ]
 
 NOT_DONE = [("5.1", LNTodo), ("5.6", GPTTodo), ("5.7", GPTTodo), ("5.8", GPTTodo),
-            ("5.11", stds_todo)]
+            ("5.10", load_todo), ("5.11", breakdown_todo), ("5.13", stds_todo)]
 
 
 @pytest.mark.parametrize("exercise_id, candidate", PASSING, ids=[c.__name__ for _, c in PASSING])

@@ -101,7 +101,7 @@ _LN_HINTS = {
 
 
 @exercise("5.1", "LayerNorm, written out", builds="gptlib.block:LayerNorm", tier="core",
-          difficulty=2, importance=3)
+          difficulty=2, importance=3, forbids=("F.layer_norm", "nn.LayerNorm"))
 def _(LayerNorm):
     ln = LayerNorm(8, fused=False)
     params = dict(ln.named_parameters())
@@ -174,7 +174,7 @@ def _gelu_variants(x):
 
 
 @exercise("5.2", "GELU, tanh form", builds="gptlib.block:GELU", tier="warm-up", difficulty=1,
-          importance=2)
+          importance=2, forbids=("F.gelu", "nn.GELU"))
 def _(GELU):
     gelu = GELU(fused=False)
     g = torch.Generator().manual_seed(52)
@@ -480,6 +480,19 @@ def _assembly(GPT) -> None:
         want = V * C + T * C + L * (C * C + C) + C * (1 + int(cfg.bias))
         expect(n == want, f"{where} has {n:,} parameters, expected {want:,} (embeddings, the "
                           "blocks, ln_f, and nothing for the tied head)")
+        got = m.num_parameters()
+        if got != want:
+            hint = ("the tied head is counted twice (state_dict() lists the shared matrix under "
+                    "both names; parameters() yields it once)" if got == want + V * C else
+                    "count every parameter's elements, p.numel(), the tied matrix once")
+            raise CheckFailed(f"{where}: num_parameters() gives {got:,}, the model has {want:,}: {hint}")
+        got = m.num_parameters(non_embedding=True)
+        if got != want - V * C - T * C:
+            hint = ("the position table wpe is an embedding too: leave it out as well"
+                    if got == want - V * C else
+                    "leave out the token table wte and the position table wpe, nothing else")
+            raise CheckFailed(f"{where}: num_parameters(non_embedding=True) gives {got:,}, expected "
+                              f"{want - V * C - T * C:,}: {hint}")
 
 
 @exercise("5.6", "Assemble the GPT and tie the head", builds="gptlib.model:GPT", tier="core",
@@ -671,6 +684,19 @@ def _forward(GPT) -> None:
                     raise CheckFailed(f"{where}, the logits for idx {tuple(idx.shape)} differ from "
                                       f"Hugging Face's by up to {gap:.2e}: embeddings plus "
                                       "positions, dropout, each block, ln_f, then lm_head")
+            with torch.no_grad():
+                nxt = model.next_token_logits(idx)
+            if not _close(nxt, logits[:, -1]):
+                if _close(nxt, logits[:, 0]):
+                    hint = "they are the first position's: the next token follows the last one, [:, -1]"
+                elif isinstance(nxt, torch.Tensor) and nxt.shape == logits.shape:
+                    hint = ("it returns every position's logits: apply the LM head to the last "
+                            "position's hidden state only")
+                else:
+                    hint = "apply lm_head to hidden_states(idx, cache)[:, -1]"
+                raise CheckFailed(f"{where}, next_token_logits(idx) for idx {tuple(idx.shape)} should "
+                                  f"be the logits of the last position, shape {(idx.shape[0], s['vocab'])}, "
+                                  f"got {_shape(nxt)}: {hint}")
         idx = torch.randint(s["vocab"], (2, T), generator=g)
         targets = torch.randint(s["vocab"], (2, T), generator=g)
         targets[0, :T // 2] = _IGNORE
@@ -826,8 +852,156 @@ def _(convert_hf_state_dict):
             raise CheckFailed(problem)
 
 
-# --------------------------------------------------------------------------- 5.10 parameter count
-@exercise("5.10", "Count GPT-2's parameters", tier="warm-up", difficulty=2, importance=2)
+# --------------------------------------------------------------------------- 5.10 loading
+def _load_problem(load, model, hf, want, layout):
+    """None when load(model, hf) fills model with ``want`` (gptlib names) in place, else a hint."""
+    tied = model.lm_head.weight is model.transformer.wte.weight
+    before = {k: id(p) for k, p in model.named_parameters()}
+    dtypes = {k: p.dtype for k, p in model.named_parameters()}
+    try:
+        out = load(model, hf)
+    except ValueError as err:
+        if "lm_head" in str(err) and "unexpected" in str(err):
+            return (f"{layout}: a state dict that fits was refused ({err}): lm_head.weight is no "
+                    "parameter of the tied model; take it out of the converted tensors first")
+        return f"{layout}: a state dict that fits was refused: {err}"
+    if out is not model:
+        return f"{layout}: return the model you loaded into, got {type(out).__name__}"
+    params = dict(model.named_parameters())
+    if {k: id(p) for k, p in params.items()} != before or (
+            tied and model.lm_head.weight is not model.transformer.wte.weight):
+        return (f"{layout}: the model's Parameters were replaced (and a tied head comes untied): "
+                "copy into each existing parameter in place, param.copy_(tensor)")
+    for key, p in params.items():
+        if p.dtype != dtypes[key]:
+            return (f"{layout}: {key} became {p.dtype}, the model's parameters are {dtypes[key]}: "
+                    "copy into the existing parameter, which keeps its dtype (param.copy_)")
+        if not torch.equal(p.detach(), want[key].to(p.dtype)):
+            if p.shape == want[key].shape and torch.equal(p.detach(), want[key].t().to(p.dtype)):
+                return (f"{layout}: {key} holds the untransposed Conv1D weight: load the tensors "
+                        "that convert_hf_state_dict returns")
+            return f"{layout}: {key} does not hold the checkpoint's numbers after loading"
+    return None
+
+
+@exercise("5.10", "Load the weights into a GPT", builds="gptlib.model:load_hf_state_dict",
+          tier="core", difficulty=2, importance=2)
+def _(load_hf_state_dict):
+    from gptlib.model import GPT, GPTConfig
+
+    layouts = [("GPT2LMHeadModel keys with the tied lm_head.weight",
+                dict(n_layer=2, C=8, V=11, T=6, seed=3), torch.float32),
+               ("bare GPT2Model keys (h.0..., no lm_head) in float16",
+                dict(n_layer=1, C=4, V=9, T=5, seed=4, prefix=False, head=False), torch.float16)]
+    for layout, kw, dtype in layouts:
+        hf, want = _hf_state_dict(**kw)
+        hf = {k: v.to(dtype) for k, v in hf.items()}
+        want = {k: v.to(dtype) for k, v in want.items()}     # the numbers the checkpoint holds
+        model = GPT(GPTConfig(vocab_size=kw["V"], block_size=kw["T"], n_layer=kw["n_layer"],
+                              n_head=2, n_embd=kw["C"]))
+        problem = _load_problem(load_hf_state_dict, model, hf, want, layout)
+        if problem:
+            raise CheckFailed(problem)
+    hf, _ = _hf_state_dict(n_layer=1, C=4, V=9, T=5, seed=5)
+    model = GPT(GPTConfig(vocab_size=9, block_size=5, n_layer=1, n_head=2, n_embd=4))
+    untied = {**hf, "lm_head.weight": hf["transformer.wte.weight"] + 1.0}
+    try:
+        load_hf_state_dict(model, untied)
+    except ValueError:
+        pass
+    else:
+        raise CheckFailed("a checkpoint whose lm_head.weight differs from its wte.weight (an "
+                          "untied model) was loaded: gptlib ties the two, so half of it would be "
+                          "lost silently; compare them and raise a ValueError")
+    gone = "transformer.h.0.mlp.c_fc.bias"
+    try:
+        load_hf_state_dict(model, {k: v for k, v in hf.items() if k != gone})
+    except ValueError as err:
+        expect("c_fc.bias" in str(err), f"a checkpoint without {gone} was refused, but the error "
+                                        f"does not name the key: {err}")
+    except KeyError:
+        raise CheckFailed(f"a checkpoint without {gone} raised a KeyError: call _check_fit(model, "
+                          "params, tensors) before copying, so the error names every missing "
+                          "key") from None
+    else:
+        raise CheckFailed(f"a checkpoint without {gone} was loaded without a word: call "
+                          "_check_fit(model, params, tensors) before copying")
+
+
+# --------------------------------------------------------------------------- 5.11 breakdown
+_GROUPS = ("token embedding", "position embedding", "attention", "MLP", "LayerNorm",
+           "LM head (untied)")
+
+
+def _groups_of(model) -> dict:
+    """The private count: parameters by their place in the model, the tied matrix once."""
+    out = dict.fromkeys(_GROUPS, 0)
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        group = ("token embedding" if parts[:2] == ["transformer", "wte"] else
+                 "position embedding" if parts[:2] == ["transformer", "wpe"] else
+                 "LM head (untied)" if parts[0] == "lm_head" else
+                 "attention" if "attn" in parts else "MLP" if "mlp" in parts else "LayerNorm")
+        out[group] += p.numel()
+    return out
+
+
+@exercise("5.11", "Where the parameters sit", builds="gptlib.model:parameter_breakdown",
+          tier="warm-up", difficulty=1, importance=2)
+def _(parameter_breakdown):
+    from gptlib.model import GPT, GPTConfig
+
+    torch.manual_seed(511)
+    cases = [("a tied GPT", GPTConfig(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=16), False),
+             ("a GPT with an untied head", GPTConfig(vocab_size=30, block_size=8, n_layer=3, n_head=2,
+                                                       n_embd=8), True),
+             ("a tied GPT with bias=False", GPTConfig(vocab_size=40, block_size=6, n_layer=1, n_head=4,
+                                                      n_embd=24, bias=False), False)]
+    for label, cfg, untie in cases:
+        m = GPT(cfg)
+        if untie:
+            m.lm_head.weight = nn.Parameter(m.lm_head.weight.detach().clone())
+        want = _groups_of(m)
+        where = f"for {label} ({cfg.n_layer} blocks, n_embd={cfg.n_embd}, vocab {cfg.vocab_size})"
+        try:
+            got = parameter_breakdown(m)
+        except ValueError as err:
+            raise CheckFailed(f"{where} parameter_breakdown raised {err}: every parameter of a GPT "
+                              "belongs to a group (ln_f is a LayerNorm too)") from None
+        expect(isinstance(got, dict) and list(got) == list(_GROUPS),
+               f"return a dict with the six groups as keys, in the order {list(_GROUPS)}; got "
+               f"{list(got) if isinstance(got, dict) else type(got).__name__}")
+        if got == want:
+            continue
+        wrong = [g for g in _GROUPS if got[g] != want[g]]
+        if not untie and got["LM head (untied)"] == cfg.vocab_size * cfg.n_embd:
+            raise CheckFailed(f"{where} you count the tied head as an LM head of its own: it is "
+                              "wte's matrix, listed once by named_parameters() (state_dict() lists "
+                              "it under both names)")
+        if all(got[g] < want[g] for g in wrong):
+            raise CheckFailed(f"{where} the counts of {', '.join(wrong)} are too small ({got}): "
+                              "count each parameter's elements, p.numel(), not its first dimension")
+        raise CheckFailed(f"{where} you found {got}, the model has {want}: sort each parameter by "
+                          f"its name ({', '.join(wrong)} differ)")
+    with torch.device("meta"):
+        m = GPT(GPTConfig(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    expect(parameter_breakdown(m) == _groups_of(m),
+           "on the meta device (shapes, no values) the counts differ: count with p.numel()")
+    m = GPT(GPTConfig(vocab_size=20, block_size=4, n_layer=1, n_head=2, n_embd=8))
+    m.scale = nn.Parameter(torch.ones(1))
+    try:
+        parameter_breakdown(m)
+    except ValueError as err:
+        expect("scale" in str(err), f"a parameter in no group raised a ValueError that does not "
+                                    f"name it: {err}")
+    else:
+        raise CheckFailed("a GPT with an extra parameter (m.scale) was counted without a word: a "
+                          "parameter in none of the groups must raise a ValueError naming it")
+
+
+# --------------------------------------------------------------------------- 5.12 parameter count
+@exercise("5.12", "Count GPT-2's parameters", tier="warm-up", difficulty=2, importance=2,
+          forbids=("GPT",))
 def _(count_parameters):
     from gptlib.model import GPTConfig
 
@@ -863,7 +1037,7 @@ def _(count_parameters):
                           "MLP (c_fc, c_proj) and two LayerNorms, then ln_f")
 
 
-# --------------------------------------------------------------------------- 5.11 residual stream
+# --------------------------------------------------------------------------- 5.13 residual stream
 def _stream_stds(model, idx) -> list[float]:
     tr = model.transformer
     x = tr.wte(idx) + tr.wpe(idx)
@@ -882,7 +1056,7 @@ def _as_floats(values, n, where):
     return [float(v) for v in values]
 
 
-@exercise("5.11", "How fast does the residual stream grow?", tier="stretch", difficulty=2,
+@exercise("5.13", "How fast does the residual stream grow?", tier="stretch", difficulty=2,
           importance=2)
 def _(residual_stds):
     from gptlib.model import GPT, GPTConfig

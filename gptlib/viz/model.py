@@ -113,11 +113,12 @@ def plot_token_losses(losses: Mapping[str, torch.Tensor], reference: float):
 
 
 def plot_lines(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str,
-               ylabel: str, log: bool = False):
-    """One line per variant against a shared x axis (e.g. gradient norm against depth)."""
+               ylabel: str, log: bool = False, marker: str | None = "o"):
+    """One line per variant against a shared x axis (e.g. gradient norm against depth);
+    ``marker=None`` draws plain lines (long curves such as losses per step)."""
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
     for label, values in series.items():
-        ax.plot(list(x), list(values), marker="o", label=label)
+        ax.plot(list(x), list(values), marker=marker, label=label)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if log:
         ax.set_yscale("log")
