@@ -165,6 +165,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> tor
     mask = None if T == 1 else _causal_mask_after(past, T, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
+
 # %% ../notebooks/09_modern_llm.ipynb #ch09-051
 @dataclass
 class LlamaConfig:
