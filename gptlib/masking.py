@@ -3,13 +3,13 @@
 """Attention masks: the causal mask, masking scores with ``-inf`` before the softmax (with a
 NaN-free rule for a query that may attend to nothing), and the padding masks for batches of
 sequences of different lengths (``padding_mask``, ``causal_padding_mask``), which fine-tuning
-and batched generation use; and ``future_influence`` / ``leaks_future``, a test that any sequence model
-is causal.
+and batched generation use; ``future_influence`` / ``leaks_future``, a test that any sequence model
+is causal, and ``prefix_shuffle_change``, whether it uses the order of what came before.
 Built in Chapter 3 (notebooks/03_causal_mask.ipynb)."""
 
 # %% auto #0
 __all__ = ['causal_mask', 'apply_mask', 'masked_softmax', 'future_influence', 'leaks_future', 'padding_mask',
-           'causal_padding_mask']
+           'causal_padding_mask', 'prefix_shuffle_change']
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-007
 from typing import Optional, Sequence, Union
@@ -26,7 +26,7 @@ def causal_mask(T: int, device: Optional[Union[str, torch.device]] = None) -> to
     ``mask[i, j]`` is ``True`` where query position ``i`` may attend to key position ``j``,
     that is where ``j <= i`` (the diagonal and everything below it). ``device`` places it.
     """
-    positive_int("T", T)
+    positive_int("T", T)                    # a clear error for 0, -3, 2.0, "4"...
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
@@ -41,16 +41,14 @@ def _check_mask(scores: torch.Tensor, mask: torch.Tensor) -> None:
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}; "
                         "convert a 0/1 mask with `mask.bool()`")
+    shapes = f"mask of shape {tuple(mask.shape)} and scores of shape {tuple(scores.shape)}"
     if scores.dim() < 2 or mask.dim() < 2:
-        raise ValueError(f"scores and mask need at least 2 dims (..., T_q, T_k), got shapes "
-                         f"{tuple(scores.shape)} and {tuple(mask.shape)}")
+        raise ValueError(f"scores and mask need at least 2 dims (..., T_q, T_k), got {shapes}")
     if mask.shape[-2:] != scores.shape[-2:]:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit scores of shape "
-                         f"{tuple(scores.shape)}: the last two dims (T_q, T_k) must be equal")
-    if mask.dim() > scores.dim() or any(m not in (1, s) for m, s in
-                                        zip(reversed(mask.shape), reversed(scores.shape))):
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to scores of "
-                         f"shape {tuple(scores.shape)}: each leading dim must be 1 or match")
+        raise ValueError(f"{shapes} do not fit: the last two dims (T_q, T_k) must be equal")
+    if mask.dim() > scores.dim() or any(m not in (1, s) for m, s in zip(mask.shape[::-1], scores.shape[::-1])):
+        raise ValueError(f"{shapes}: the mask does not broadcast (each leading dim must be 1 or match)")
+
 
 # %% ../notebooks/03_causal_mask.ipynb #ch03-013y
 def apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -172,4 +170,22 @@ def causal_padding_mask(pad: torch.Tensor) -> torch.Tensor:
                             else type(pad).__name__))
     T = pad.shape[1]
     return causal_mask(T, device=pad.device)[None, None] & pad[:, None, None, :]
+
+
+# %% ../notebooks/03_causal_mask.ipynb #ch03-049
+@torch.no_grad()
+def prefix_shuffle_change(model, x: torch.Tensor,
+                          generator: Optional[torch.Generator] = None) -> float:
+    """How much ``model``'s output at the last position moves when the tokens before it are shuffled.
+
+    ``model`` maps ``(B, T)`` token ids to outputs ``(B, T, ...)``. The first ``T - 1`` tokens get
+    one random order for the whole batch (``torch.randperm(T - 1, generator=generator)``), the last
+    token stays; the result is the largest absolute change of the output at position ``T - 1``,
+    over the batch and the output features. ``0`` means the last position sees its prefix as a
+    bag of tokens.
+    """
+    order = torch.randperm(x.shape[1] - 1, generator=generator).to(x.device)
+    shuffled = torch.cat([x[:, order], x[:, -1:]], dim=1)       # the last token stays
+    moved = model(shuffled)[:, -1] - model(x)[:, -1]            # (B, ...) at the last position
+    return float(moved.abs().max())
 

@@ -5,18 +5,21 @@ import torch.nn.functional as F
 
 from gptlib.exercises import run_check
 from gptlib.masking import (apply_mask, causal_mask, causal_padding_mask, future_influence, leaks_future,
-                            masked_softmax, padding_mask)
+                            masked_softmax, padding_mask, prefix_shuffle_change)
+from gptlib.runtime import positive_int
 
 
 # ---------------------------------------------------------------- 3.1 the causal mask
 def _tri(diagonal, upper=False, dtype=torch.bool):
     def candidate(T, device=None):
+        positive_int("T", T)
         ones = torch.ones(T, T, dtype=dtype, device=device)
         return ones.triu(diagonal) if upper else ones.tril(diagonal)
     return candidate
 
 
 def _arange_mask(T, device=None):
+    positive_int("T", T)
     pos = torch.arange(T, device=device)
     return pos[None, :] <= pos[:, None]
 
@@ -162,8 +165,10 @@ def _pad_attention(cast=True, invert=False, use_device=True):
 
 
 # ---------------------------------------------------------------- 3.7 causal + padding
-def _combined(axes=("keys",), causal=True):
+def _combined(axes=("keys",), causal=True, checked=True):
     def candidate(pad):
+        if checked and (pad.dtype != torch.bool or pad.dim() != 2):
+            raise ValueError("pad must be a (B, T) bool tensor")
         B, T = pad.shape
         mask = torch.ones(B, 1, T, T, dtype=torch.bool)
         if "keys" in axes:
@@ -171,6 +176,24 @@ def _combined(axes=("keys",), causal=True):
         if "queries" in axes:
             mask = mask & pad[:, None, :, None]
         return mask & causal_mask(T) if causal else mask
+    return candidate
+
+
+def _unchecked_length(T, device=None):
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+
+# ---------------------------------------------------------------- 3.9 prefix shuffle
+def _shuffle(keep_last=True, last_only=True, shuffled=True, reduce="max"):
+    @torch.no_grad()
+    def candidate(model, x, generator=None):
+        T = x.shape[1]
+        n = T - 1 if keep_last else T
+        order = torch.randperm(n, generator=generator) if shuffled else torch.arange(n)
+        other = torch.cat([x[:, order], x[:, n:]], dim=1)
+        moved = (model(other) - model(x)).abs()
+        moved = moved[:, -1] if last_only else moved
+        return float(moved.max() if reduce == "max" else moved.mean())
     return candidate
 
 
@@ -215,10 +238,18 @@ PASSING = [  # (exercise, candidate); the id names it
     pytest.param("3.7", causal_padding_mask, id="3.7-library"),
     pytest.param("3.7", _combined(), id="3.7-reference"),
     pytest.param("3.8", _offset(), id="3.8-reference"),
+    pytest.param("3.9", prefix_shuffle_change, id="3.9-library"),
+    pytest.param("3.9", _shuffle(), id="3.9-reference"),
 ]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id names the mistake
     pytest.param("3.1", _tri(-1), "diagonal is excluded", id="3.1-diagonal-excluded"),
+    pytest.param("3.1", _unchecked_length, "was accepted", id="3.1-zero-length-accepted"),
+    pytest.param("3.7", _combined(checked=False), "was not rejected", id="3.7-int-mask-accepted"),
+    pytest.param("3.9", _shuffle(keep_last=False), "Keep the last token in place", id="3.9-last-token-shuffled"),
+    pytest.param("3.9", _shuffle(last_only=False), "last position only", id="3.9-every-position-compared"),
+    pytest.param("3.9", _shuffle(shuffled=False), "was not shuffled", id="3.9-not-shuffled"),
+    pytest.param("3.9", _shuffle(reduce="mean"), "largest absolute change", id="3.9-mean-not-max"),
     pytest.param("3.1", _tri(1), "off by one", id="3.1-one-future-token"),
     pytest.param("3.1", _tri(0, upper=True), "upper- instead of lower-triangular", id="3.1-upper-triangular"),
     pytest.param("3.1", _tri(1, upper=True), "True on the future", id="3.1-inverted"),
@@ -310,7 +341,7 @@ def test_check_rejects_the_mistake_with_a_hint(assert_check_fails, exercise_id, 
     assert_check_fails(exercise_id, candidate, phrase)
 
 
-@pytest.mark.parametrize("exercise_id", ["3.1", "3.2", "3.3", "3.5", "3.6", "3.7", "3.8"])
+@pytest.mark.parametrize("exercise_id", ["3.1", "3.2", "3.3", "3.5", "3.6", "3.7", "3.8", "3.9"])
 def test_unsolved_exercises_report_not_done(exercise_id):
     def todo(*args, **kwargs):
         raise NotImplementedError

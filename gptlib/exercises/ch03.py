@@ -87,6 +87,18 @@ def _(causal_mask):
     out = _tensor(causal_mask(3, device="meta"))
     expect(out.device.type == "meta", f"causal_mask(3, device='meta') gave a tensor on {out.device}: "
                                       "create the mask on `device` (torch.ones(..., device=device))")
+    for bad in (0, -2, 3.0):
+        try:
+            causal_mask(bad)
+        except ValueError:
+            continue
+        except NotImplementedError:
+            raise
+        except Exception as err:
+            raise CheckFailed(f"causal_mask({bad!r}) raised {type(err).__name__}: reject a T that is "
+                              "not a positive int with a ValueError (positive_int(\"T\", T))") from None
+        raise CheckFailed(f"causal_mask({bad!r}) was accepted: reject a T that is not a positive int "
+                          "with a ValueError (positive_int(\"T\", T) does it)")
 
 
 # ---------------------------------------------------------------- 3.2
@@ -376,6 +388,18 @@ def _(causal_padding_mask):
                               "[b, 0, i, j] must be True exactly when j <= i and token j of sequence b "
                               "is real (pad[b, j])")
         expect(out.dtype == torch.bool, f"the pattern is right but the dtype is {out.dtype}: return a bool tensor")
+    for bad, what in ((torch.ones(2, 4, dtype=torch.long), "a 0/1 integer tensor"),
+                      (torch.ones(4, dtype=torch.bool), "a 1-D bool tensor")):
+        try:
+            causal_padding_mask(bad)
+        except ValueError:
+            continue
+        except NotImplementedError:
+            raise
+        except Exception:
+            pass
+        raise CheckFailed(f"{what} was not rejected with a ValueError: pad must be a (B, T) bool "
+                          "tensor (turn an attention_mask into one with padding_mask first)")
 
 
 # ---------------------------------------------------------------- 3.8 (stretch)
@@ -412,3 +436,53 @@ def _(mean_attention_offset):
                               f"+1 for every query but the last (0 there); got {out.tolist()}")
         raise CheckFailed("the offsets differ from sum_j w[..., i, j] * (j - i) (sum over the keys, the "
                           "last dim): weigh each key's offset by its weight, do not average the offsets")
+
+
+# ---------------------------------------------------------------- 3.9 (stretch)
+class _PrefixSum(torch.nn.Module):
+    """Output at t: the sum of the embeddings of tokens 0..t plus the embedding of token t:
+    blind to the order of the prefix, not to which token is last."""
+
+    def __init__(self, vocab: int, weighted: bool = False):
+        super().__init__()
+        self.emb = torch.randn(vocab, 3, generator=torch.Generator().manual_seed(vocab))
+        self.weighted = weighted
+
+    def forward(self, idx):
+        e = self.emb[idx]                                               # (B, T, 3)
+        if self.weighted:       # token j weighs j + 1: the order matters
+            e = e * torch.arange(1, idx.shape[1] + 1, dtype=e.dtype)[None, :, None]
+        return e.cumsum(dim=1) + self.emb[idx]
+
+
+@exercise("3.9", "Does the order of the prefix matter?", builds="gptlib.masking:prefix_shuffle_change",
+          tier="stretch", difficulty=2, importance=2)
+def _(prefix_shuffle_change):
+    vocab = 13
+    for B, T in [(3, 8), (1, 6)]:
+        x = torch.arange(B * T).reshape(B, T) % vocab                   # distinct tokens in a row
+        where = f"on a batch of shape {(B, T)}"
+        bag = prefix_shuffle_change(_PrefixSum(vocab), x, torch.Generator().manual_seed(1))
+        expect(isinstance(bag, (float, int)) or (isinstance(bag, torch.Tensor) and bag.numel() == 1),
+               f"return one number (a float), the largest change; got {type(bag).__name__}")
+        if float(bag) > 1e-5:
+            raise CheckFailed(
+                f"{where}, a model whose last output is the sum of its prefix plus its last token "
+                f"moved by {float(bag):.3g}: it sees the prefix as a bag, so shuffling the first "
+                "T - 1 tokens must change nothing there. Keep the last token in place, and compare "
+                "the outputs at the last position only (index -1), not at every position")
+        order = prefix_shuffle_change(_PrefixSum(vocab, weighted=True), x, torch.Generator().manual_seed(1))
+        if float(order) < 1e-3:
+            raise CheckFailed(
+                f"{where}, a model that weighs each token by its position did not move: the prefix "
+                "was not shuffled. Put x[:, :T - 1] in the order torch.randperm(T - 1, "
+                "generator=generator) gives, then append the last token")
+        ref = _PrefixSum(vocab, weighted=True)
+        g = torch.Generator().manual_seed(1)
+        perm = torch.randperm(T - 1, generator=g)
+        want = (ref(torch.cat([x[:, perm], x[:, -1:]], 1))[:, -1] - ref(x)[:, -1]).abs().max()
+        expect(abs(float(order) - float(want)) < 1e-4 * max(1.0, float(want)),
+               f"{where}, the change is {float(order):.4g} instead of {float(want):.4g}: return the "
+               "largest absolute change (max of |difference|) of the last position's output, over "
+               "the batch and the features, with the order torch.randperm(T - 1, generator=generator)"
+               " gives")
