@@ -13,6 +13,7 @@ Where each idea lives (hand-written support modules in brackets):
 =================  =======  ==========================================================
 module             chapter  what it holds
 =================  =======  ==========================================================
+ngram, objectives  0        count-based n-gram baselines; the three families' targets and masks
 tokenizer          1        ``BPETokenizer`` (training, encoding, tiktoken parity), ``CharTokenizer``
 data, embeddings   2        windows and batches (``get_batch``); token and position embeddings
 masking            3        the causal mask, masked softmax, padding masks
