@@ -108,7 +108,8 @@ def _model_config(model: nn.Module) -> dict | None:
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     step: int = 0, train_config: Any = None, generator: torch.Generator | None = None,
-                    history: Any = None, extra: dict | None = None) -> Path:
+                    history: Any = None, extra: dict | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> Path:
     """Save everything needed to continue a run at optimizer step ``step``.
 
     The file holds a dict: beside its ``format``, ``version`` and ``torch_version`` marks,
@@ -119,12 +120,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     an optimizer), ``"rng"`` (:func:`_rng_state` with the batch ``generator``), ``"history"``
     (``history.to_dict()``, or None) and ``"extra"`` (JSON-like values, ``{}`` by default).
     Only tensors and plain Python values are stored, so :func:`load_checkpoint` can read it with
-    ``torch.load(weights_only=True)``. Written atomically.
+    ``torch.load(weights_only=True)``. Written atomically. An enabled float16 gradient ``scaler``
+    adds its state as ``"scaler"`` (its scale goes on from there when the run resumes).
     """
     model = unwrap(model)
     if is_dataclass(train_config):
         train_config = asdict(train_config)
-    payload = {"format": _FORMAT, "version": _VERSION, "torch_version": str(torch.__version__)}
+    payload = {"format": _FORMAT, "version": _VERSION, "torch_version": str(torch.__version__),
+               "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
     payload.update({
         "step": int(step), "model_config": _model_config(model), "train_config": train_config,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -182,7 +185,8 @@ def _fitting(path: str | Path):
 def load_checkpoint(path: str | Path, model: nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None,
                     generator: torch.Generator | None = None, restore_rng: bool = True,
-                    map_location: str | torch.device = "cpu") -> dict:
+                    map_location: str | torch.device = "cpu",
+                    scaler: torch.amp.GradScaler | None = None) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`, and return its dict (``payload``;
     ``payload["step"]`` is where the run continues).
 
@@ -190,7 +194,8 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None,
     the fields of a checkpoint made for another model), restore what was given: the weights into
     ``model`` (given: its plain model, ``model`` below), the optimizer state into ``optimizer``,
     and, when ``restore_rng``, every random state with :func:`_set_rng_state` (the batch
-    ``generator`` included when given). Each with the object's own ``load_state_dict``.
+    ``generator`` included when given). Each with the object's own ``load_state_dict``. A
+    ``scaler`` given gets the saved float16 scaler state back, when the checkpoint has one.
     """
     payload = read_checkpoint(path, map_location)
     if model is not None:
@@ -207,6 +212,8 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None,
             optimizer.load_state_dict(payload["optimizer"])
         if restore_rng:
             _set_rng_state(payload["rng"], generator)
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
     return payload
 
 

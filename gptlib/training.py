@@ -16,7 +16,8 @@ Checkpoints live in :mod:`gptlib.checkpoint`; the generation loop in :mod:`gptli
 # %% auto #0
 __all__ = ['TrainConfig', 'Recipe', 'recipe_file', 'load_recipe', 'perplexity', 'bits_per_char', 'uniform_loss', 'param_groups',
            'configure_optimizer', 'lr_at', 'train_step', 'evaluate', 'evaluate_full', 'resolve_precision',
-           'autocast_context', 'maybe_compile', 'History', 'DistInfo', 'draw_batch', 'train', 'load_text_data']
+           'autocast_context', 'grad_scaler', 'maybe_compile', 'History', 'DistInfo', 'draw_batch', 'train',
+           'load_text_data']
 
 # %% ../notebooks/06_training.ipynb #ch06-004
 import contextlib
@@ -61,7 +62,7 @@ class TrainConfig:
     keep_best: bool = False        # also keep the lowest-validation checkpoint (see best_checkpoint_path)
     seed: int = 1337
     device: str = "auto"           # "auto", "cpu", "cuda", "mps", ...
-    precision: str = "auto"        # "auto", "bfloat16", "float32"
+    precision: str = "auto"        # "auto", "bfloat16", "float16" (with a gradient scaler), "float32"
     compile: bool | str = "auto"   # True, False or "auto" (on CUDA only)
 
     def __post_init__(self):
@@ -79,9 +80,8 @@ class TrainConfig:
             raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.checkpoint_interval < 0:
             raise ValueError("grad_clip, weight_decay and checkpoint_interval must be >= 0")
-        if self.precision not in ("auto", "bfloat16", "float32"):
-            raise ValueError(f"precision must be 'auto', 'bfloat16' or 'float32', got {self.precision!r}"
-                             + (" (float16 would need a gradient scaler)" if self.precision == "float16" else ""))
+        if self.precision not in ("auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"precision must be 'auto', 'bfloat16', 'float16' or 'float32', got {self.precision!r}")
         if not (isinstance(self.compile, bool) or self.compile == "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {self.compile!r}")
 
@@ -271,34 +271,45 @@ def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps:
 
 # %% ../notebooks/06_training.ipynb #ch06-step
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
-               micro_loss: Callable[[int], torch.Tensor], step: int, config: TrainConfig
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               micro_loss: Callable[[int], torch.Tensor], step: int, config: TrainConfig,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimizer step number ``step`` (counting from 0) of a run set up by ``config``.
 
     1. Set ``"lr"`` in every group of ``optimizer`` to :func:`lr_at` of ``step`` (with
        ``config.lr``, ``config.min_lr``, ``config.warmup_steps`` and ``config.max_steps``).
     2. For each micro-batch ``i`` in ``range(config.grad_accum_steps)``: ``loss = micro_loss(i)``
        (the forward pass: micro-batch ``i``'s mean loss), then call ``backward()`` on ``loss``
-       divided by ``grad_accum_steps``, so the gradients add up to those of the whole batch's mean.
-    3. Clip the global gradient norm of ``model``'s parameters to ``config.grad_clip`` with
+       divided by ``grad_accum_steps``, so the gradients add up to those of the whole batch's mean,
+       and scaled by the gradient ``scaler``: ``scaler.scale(...).backward()``.
+    3. ``scaler.unscale_(optimizer)`` (the gradients back to their true size), then clip their
+       global norm (``model``'s parameters) to ``config.grad_clip`` with
        ``nn.utils.clip_grad_norm_``; ``grad_clip == 0`` turns clipping off (clip at ``math.inf``:
        the norm is still measured).
-    4. ``optimizer.step()``, then ``optimizer.zero_grad(set_to_none=True)``.
+    4. ``scaler.step(optimizer)`` (it skips the step when a gradient is inf or NaN),
+       ``scaler.update()`` (it lowers the scale after a skipped step), then
+       ``optimizer.zero_grad(set_to_none=True)``.
+
+    ``scaler`` is float16's gradient scaler (:func:`grad_scaler`); None stands for a disabled
+    one, with which the four steps are the plain ones (``scale`` returns the loss as it is,
+    ``unscale_`` and ``update`` do nothing, ``step`` calls ``optimizer.step()``).
 
     Returns ``(loss, norm)``: the mean of the micro-batch losses (detached, float32) and the
     gradient norm before clipping, both 0-dim tensors left where they are (no ``.item()``).
     """
+    scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
     lr = lr_at(step, config.lr, config.min_lr, config.warmup_steps, config.max_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_sum = 0.0
     for i in range(config.grad_accum_steps):
         loss = micro_loss(i)
-        (loss / config.grad_accum_steps).backward()
+        scaler.scale(loss / config.grad_accum_steps).backward()
         loss_sum = loss_sum + loss.detach().float()
+    scaler.unscale_(optimizer)
     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
     norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / config.grad_accum_steps, norm
 
@@ -360,32 +371,40 @@ def evaluate_full(model: nn.Module, data: torch.Tensor, block_size: int, batch_s
 
 # %% ../notebooks/06_training.ipynb #ch06-023
 def resolve_precision(device: torch.device | str, precision: str = "auto") -> str:
-    """``"bfloat16"`` or ``"float32"``: what :func:`autocast_context` will use on ``device``.
+    """``"bfloat16"``, ``"float16"`` or ``"float32"``: what :func:`autocast_context` uses on ``device``.
 
-    ``"auto"`` picks bfloat16 on a CUDA GPU that supports it and float32 everywhere else (CPU and
-    Apple MPS train in float32). float16 is refused: it needs loss scaling, bfloat16 does not.
+    ``"auto"`` follows the hardware: bfloat16 on a CUDA GPU of compute capability 8.0 or more
+    (``torch.cuda.get_device_capability(device)``: Ampere and later run bf16 natively); float16,
+    with a gradient scaler, on an older CUDA GPU (a T4 is 7.5: ``torch.cuda.is_bf16_supported()``
+    says True there too, through slow emulation, so do not ask it); float32 on the CPU, on Apple
+    MPS, and on a CUDA device when CUDA is not available. An explicit choice is checked and kept.
     """
     device = torch.device(device)
     if precision == "auto":
-        ok = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return "bfloat16" if ok else "float32"
-    if precision == "float16":
-        raise ValueError("float16 training needs a gradient scaler; use precision='bfloat16' "
-                         "(same range as float32) or 'float32'")
-    if precision not in ("bfloat16", "float32"):
-        raise ValueError(f"precision must be 'auto', 'bfloat16' or 'float32', got {precision!r}")
-    if precision == "bfloat16" and device.type == "mps":
-        raise ValueError("bfloat16 autocast is not supported on Apple MPS here; use 'float32'")
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return "float32"
+        major, _ = torch.cuda.get_device_capability(device)
+        return "bfloat16" if major >= 8 else "float16"
+    if precision not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"precision must be 'auto', 'bfloat16', 'float16' or 'float32', got {precision!r}")
+    if precision != "float32" and device.type == "mps":
+        raise ValueError(f"{precision} autocast is not supported on Apple MPS here; use 'float32'")
     return precision
 
 
 def autocast_context(device: torch.device | str, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """A context for the forward pass: bf16 autocast when :func:`resolve_precision` says so, else
-    a no-op. Parameters, gradients and optimizer state stay float32 (mixed precision)."""
+    """A context for the forward pass: autocast to the half type :func:`resolve_precision` picks,
+    or a no-op for float32. Parameters, gradients and optimizer state stay float32 (mixed precision)."""
     device = torch.device(device)
-    if resolve_precision(device, precision) == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(resolve_precision(device, precision))
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device | str, precision: str = "auto") -> torch.amp.GradScaler:
+    """float16's gradient scaler: enabled when :func:`resolve_precision` picks float16 (small
+    gradients would underflow to 0 in float16 without it), a disabled no-op otherwise."""
+    device = torch.device(device)
+    return torch.amp.GradScaler(device.type, enabled=resolve_precision(device, precision) == "float16")
 
 
 def maybe_compile(model: nn.Module, device: torch.device | str, compile: bool | str = "auto") -> tuple[nn.Module, bool]:
@@ -496,7 +515,8 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
     """Train ``model`` for ``config.max_steps`` optimizer steps; return the History.
 
     Each step is :func:`train_step`: the learning rate from :func:`lr_at`, ``grad_accum_steps``
-    micro-batches (their forward pass under :func:`autocast_context`), clipping, and an AdamW
+    micro-batches (their forward pass under :func:`autocast_context`; float16 with the
+    :func:`grad_scaler`, whose state checkpoints keep), clipping, and an AdamW
     step over the parameters that require a gradient (a frozen parameter stays as it is). Every
     ``eval_interval`` steps (and at the end) the run is evaluated and each callback gets
     ``(step, history, model)``.
@@ -555,8 +575,9 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
     optimizer = configure_optimizer(raw, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                     device_type=device.type)
     history, start = History(), 0
+    scaler = grad_scaler(device, config.precision)
     if resume_from is not None:
-        payload = load_checkpoint(resume_from, raw, optimizer, generator, map_location=device)
+        payload = load_checkpoint(resume_from, raw, optimizer, generator, map_location=device, scaler=scaler)
         # continue at the checkpoint's step, with its history (History.from_dict)
         history, start = History.from_dict(payload["history"]), payload["step"]
     # the step this call stops before: max_steps, or until_step if that comes first
@@ -614,7 +635,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
         history.eval_step.append(step)
         if config.keep_best and improved and dist_info.is_main:
             save_checkpoint(best_checkpoint_path(checkpoint_path), raw, optimizer, step, config,
-                            generator, history)
+                            generator, history, scaler=scaler)
         if dist_info.is_main:
             for callback in callbacks:
                 callback(step, history, raw)
@@ -640,7 +661,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
         every process then waits at ``torch.distributed.barrier()``."""
         flush()
         if dist_info.is_main:
-            save_checkpoint(checkpoint_path, raw, optimizer, step, config, generator, history)
+            save_checkpoint(checkpoint_path, raw, optimizer, step, config, generator, history, scaler=scaler)
         if dist_info.world_size > 1:
             torch.distributed.barrier()
 
@@ -652,7 +673,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
         # and queue (loss, norm) as one float32 pair in pending (flush() moves them to history)
         if eval_due(step):
             run_eval(step)
-        loss, norm = train_step(raw, optimizer, micro_loss, step, config)
+        loss, norm = train_step(raw, optimizer, micro_loss, step, config, scaler)
         lr = optimizer.param_groups[0]["lr"]
         history.step.append(step)
         history.lr.append(lr)

@@ -17,6 +17,18 @@ from gptlib.training import (DistInfo, History, bits_per_char, configure_optimiz
                              evaluate_full, lr_at, param_groups, perplexity, train, train_step)
 
 
+def _edited(func, name, *edits):
+    """``func`` (a gptlib.training function) with each ``(old, new)`` of ``edits`` applied to its source."""
+    source = inspect.getsource(func)
+    for old, new in edits:
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    namespace = dict(vars(gptlib.training))
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    namespace[func.__name__].__name__ = name
+    return namespace[func.__name__]
+
+
 # ---- 6.1 perplexity -----------------------------------------------------------------------
 
 def perplexity_in_base_2(loss):
@@ -429,15 +441,7 @@ def load_returning_nothing(*a, **k):
 # ---- 6.17 load_text_data: gptlib's with one slip each --------------------------------------
 
 def _data_loader_with(name, *edits):
-    """gptlib.training.load_text_data with each ``(old, new)`` of ``edits`` applied to its source."""
-    source = inspect.getsource(gptlib.training.load_text_data)
-    for old, new in edits:
-        assert source.count(old) == 1, old
-        source = source.replace(old, new)
-    namespace = dict(vars(gptlib.training))
-    exec(compile(source, f"<{name}>", "exec"), namespace)
-    namespace["load_text_data"].__name__ = name
-    return namespace["load_text_data"]
+    return _edited(gptlib.training.load_text_data, name, *edits)
 
 
 _CUT = '    if data["max_chars"]:\n        text = text[: int(data["max_chars"])]\n'
@@ -450,22 +454,48 @@ DATA_SLIPS = {name: _data_loader_with(name, *edits) for name, edits in {
 }.items()}
 
 
+# ---- 6.6 with float16's scaler, and 6.18 precision: gptlib's with one slip each ----------------
+
+def _step_with(name, *edits):
+    return _edited(gptlib.training.train_step, name, *edits)
+
+
+_UNSCALE = "    scaler.unscale_(optimizer)\n"
+_CLIP = "    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n"
+STEP_SLIPS = {name: _step_with(name, *edits) for name, edits in {
+    "step_clipping_the_scaled_gradients": [(_UNSCALE, ""), (_CLIP, _CLIP + _UNSCALE)],
+    "step_updating_before_stepping": [("    scaler.step(optimizer)\n    scaler.update()\n",
+                                       "    scaler.update()\n    scaler.step(optimizer)\n")],
+    "step_past_the_scaler": [("    scaler.step(optimizer)\n", "    optimizer.step()\n")],
+    "step_without_updating_the_scale": [("    scaler.update()\n", "")],
+}.items()}
+
+
+def _precision_with(name, *edits):
+    return _edited(gptlib.training.resolve_precision, name, *edits)
+
+
+_AUTO = ('        major, _ = torch.cuda.get_device_capability(device)\n'
+         '        return "bfloat16" if major >= 8 else "float16"\n')
+PRECISION_SLIPS = {name: _precision_with(name, *edits) for name, edits in {
+    "precision_trusting_is_bf16_supported": [
+        (_AUTO, '        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"\n')],
+    "precision_float32_on_old_gpus": [(_AUTO, _AUTO.replace('else "float16"', 'else "float32"'))],
+    "precision_from_9_0_only": [("major >= 8", "major > 8")],
+    "precision_by_the_device_alone": [('        if device.type != "cuda" or not torch.cuda.is_available():',
+                                       '        if not torch.cuda.is_available():')],
+}.items()}
+
+
 # ---- 6.14 the training loop: gptlib's train with one slip each -----------------------------
 
 def _train_with(name, *edits):
     """gptlib.training.train with each ``(old, new)`` of ``edits`` applied to its source."""
-    source = inspect.getsource(gptlib.training.train)
-    for old, new in edits:
-        assert source.count(old) == 1, old
-        source = source.replace(old, new)
-    namespace = dict(vars(gptlib.training))
-    exec(compile(source, f"<{name}>", "exec"), namespace)
-    namespace["train"].__name__ = name
-    return namespace["train"]
+    return _edited(gptlib.training.train, name, *edits)
 
 
 _EVAL_FIRST = "        if eval_due(step):\n            run_eval(step)\n"
-_STEP = "        loss, norm = train_step(raw, optimizer, micro_loss, step, config)\n"
+_STEP = "        loss, norm = train_step(raw, optimizer, micro_loss, step, config, scaler)\n"
 _TRAIN_SLIPS = {  # name: the (old, new) edits of gptlib's train that make the slip
     "train_evaluating_after_the_step": [(_EVAL_FIRST + _STEP, _STEP + _EVAL_FIRST)],
     "train_stepping_one_ahead": [(_STEP, _STEP.replace("step, config", "step + 1, config"))],
@@ -524,7 +554,7 @@ PASSING = [("6.1", perplexity), ("6.2", bits_per_char), ("6.3", param_groups), (
            ("6.5", lr_at), ("6.6", train_step), ("6.7", evaluate), ("6.8", evaluate_full), ("6.9", _rng_state),
            ("6.10", _set_rng_state), ("6.11", save_checkpoint), ("6.12", History), ("6.13", draw_batch),
            ("6.14", train), ("6.15", budget_reference), ("6.16", load_checkpoint),
-           ("6.17", gptlib.training.load_text_data)]
+           ("6.17", gptlib.training.load_text_data), ("6.18", gptlib.training.resolve_precision)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.1", perplexity_in_base_2, "not 2 ** loss"),
@@ -615,6 +645,14 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.17", DATA_SLIPS["data_bpe_of_the_default_size"], "trained to bpe_vocab_size"),
     ("6.17", DATA_SLIPS["data_always_char"], "asks for a BPETokenizer"),
     ("6.17", DATA_SLIPS["data_split_at_the_default_fraction"], "train_val_split(ids, data['val_fraction'])"),
+    ("6.6", STEP_SLIPS["step_clipping_the_scaled_gradients"], "before clipping"),
+    ("6.6", STEP_SLIPS["step_updating_before_stepping"], "scaler.step(optimizer), scaler.update()"),
+    ("6.6", STEP_SLIPS["step_past_the_scaler"], "must be skipped"),
+    ("6.6", STEP_SLIPS["step_without_updating_the_scale"], "scaler.update()"),
+    ("6.18", PRECISION_SLIPS["precision_trusting_is_bf16_supported"], "not is_bf16_supported()"),
+    ("6.18", PRECISION_SLIPS["precision_float32_on_old_gpus"], "gradient scaler"),
+    ("6.18", PRECISION_SLIPS["precision_from_9_0_only"], "bf16 is native"),
+    ("6.18", PRECISION_SLIPS["precision_by_the_device_alone"], "train in float32"),
     ("6.15", budget_rate_too_low, "above the target"),
     ("6.15", budget_high_rate_without_warmup, "above the target"),
     ("6.15", budget_rate_far_too_high, "too high"),

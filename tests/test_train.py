@@ -13,8 +13,8 @@ from gptlib.model import GPT
 from gptlib.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from gptlib.training import (DistInfo, History, Recipe, TrainConfig, autocast_context, bits_per_char,
                           configure_optimizer, draw_batch, evaluate, evaluate_full, load_recipe, lr_at,
-                          maybe_compile, param_groups, perplexity, recipe_file, resolve_precision, train,
-                          uniform_loss)
+                          grad_scaler, maybe_compile, param_groups, perplexity, recipe_file, resolve_precision,
+                          train, train_step, uniform_loss)
 from tools import ROOT
 
 
@@ -132,10 +132,63 @@ def test_precision_and_compile_are_off_on_cpu(tiny_config):
     model = GPT(tiny_config())
     same, compiled = maybe_compile(model, "cpu")
     assert same is model and not compiled
-    with pytest.raises(ValueError, match="gradient scaler"):
-        resolve_precision("cpu", "float16")
+    assert resolve_precision("cpu", "float16") == "float16"     # explicit: kept (CPU autocast has float16)
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("cpu", "fp8")
+    with pytest.raises(ValueError, match="MPS"):
+        resolve_precision("mps", "bfloat16")
+
+
+@pytest.mark.parametrize("device, available, capability, want", [
+    ("cuda", True, (7, 5), "float16"),     # T4: bf16 only through emulation, though is_bf16_supported() says True
+    ("cuda", True, (7, 0), "float16"),     # V100
+    ("cuda", True, (8, 0), "bfloat16"),    # A100
+    ("cuda:0", True, (9, 0), "bfloat16"),  # H100
+    ("cpu", True, (8, 0), "float32"),
+    ("mps", False, (8, 0), "float32"),
+    ("cuda", False, (8, 0), "float32"),
+])
+def test_auto_precision_follows_the_compute_capability(monkeypatch, device, available, capability, want):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)   # what a T4 answers
+    assert resolve_precision(device) == want
+    scaler = grad_scaler(device)
+    assert scaler.is_enabled() == (want == "float16")
+
+
+def test_float16_autocast_and_its_scaler_on_the_cpu(tiny_config):
+    """The float16 path runs on the CPU too: autocast to float16, an enabled GradScaler, a skipped
+    step (and a lower scale) when a gradient is inf."""
+    with autocast_context("cpu", "float16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+    scaler = grad_scaler("cpu", "float16")
+    assert scaler.is_enabled() and scaler.get_scale() == 2.0 ** 16
+    model = GPT(tiny_config())
+    optimizer = configure_optimizer(model, 1e-3)
+    cfg = TrainConfig(max_steps=4, warmup_steps=0, grad_clip=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randint(0, 13, (2, 8))
+    loss, norm = train_step(model, optimizer, lambda i: model(x, x)[1] * math.inf, 0, cfg, scaler)
+    assert not math.isfinite(norm.item()) and scaler.get_scale() == 2.0 ** 15      # skipped, scale halved
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    loss, norm = train_step(model, optimizer, lambda i: model(x, x)[1], 1, cfg, scaler)
+    assert math.isfinite(norm.item()) and not all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_float16_run_resumes_exactly_with_its_scaler(tmp_path, tiny_config):
+    tr, va = pattern_data(1200)
+    cfg = TrainConfig(max_steps=6, batch_size=4, warmup_steps=1, eval_interval=3, eval_iters=1, log_interval=2,
+                      precision="float16", device="cpu", compile=False)
+    torch.manual_seed(0)
+    whole = train(GPT(tiny_config()), tr, va, cfg, progress=False)
+    torch.manual_seed(0)
+    train(GPT(tiny_config()), tr, va, cfg, checkpoint_path=tmp_path / "c.pt", until_step=3, progress=False)
+    saved = read_checkpoint(tmp_path / "c.pt")["scaler"]
+    assert saved and saved["scale"] > 0
+    torch.manual_seed(5)
+    resumed = train(GPT(tiny_config()), tr, va, cfg, resume_from=tmp_path / "c.pt", progress=False)
+    assert resumed.train_loss == whole.train_loss and resumed.val_loss == whole.val_loss
 
 
 def test_draw_batch_slices_one_global_batch():
@@ -205,7 +258,7 @@ def test_train_config_takes_what_fine_tuning_needs(tiny_config):
 
 
 @pytest.mark.parametrize("kw, phrase", [
-    (dict(beta2=1.0), "beta"), (dict(precision="float16"), "gradient scaler"), (dict(compile="yes"), "compile"),
+    (dict(beta2=1.0), "beta"), (dict(precision="fp16"), "precision"), (dict(compile="yes"), "compile"),
     (dict(eval_batch_size=0), "eval_batch_size"), (dict(warmup_steps=1.5), "warmup_steps"),
 ])
 def test_train_config_checks_its_fields_once(kw, phrase):
@@ -334,3 +387,26 @@ def test_cli_runs_the_smoke_recipe_as_the_chapter_prints_it(tmp_path):
     assert read_checkpoint(tmp_path / "run" / "ckpt.pt")["step"] == 3
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history["train_loss"]) == 3 and history["eval_step"] == [0]
+
+
+def test_live_plot_draws_in_hosted_notebooks(monkeypatch):
+    """Colab's and Kaggle's shells subclass ZMQInteractiveShell under other names: found by type."""
+    import types
+    import IPython
+    from ipykernel.zmqshell import ZMQInteractiveShell
+    from gptlib.viz.training import is_interactive
+
+    class Shell(ZMQInteractiveShell):      # as google.colab._shell.Shell is
+        pass
+    for name in ("GPTLIB_LIVE", "KAGGLE_KERNEL_RUN_TYPE", "JPY_SESSION_NAME", "VSCODE_PID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Shell.__new__(Shell))
+    assert not is_interactive()                        # a kernel run in batch (nbval, the book build)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert is_interactive()                            # Colab
+    monkeypatch.delitem(sys.modules, "google.colab")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    assert is_interactive()                            # Kaggle
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    assert not is_interactive()                        # a terminal IPython, or no IPython at all

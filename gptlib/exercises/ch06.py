@@ -278,6 +278,57 @@ def _reference_step(model, optimizer, micro_loss, step, cfg, *, divide=True, cli
     return torch.stack(losses).mean(), norm
 
 
+def _scaled_step(model, optimizer, micro_loss, step, cfg, scaler):
+    """The step with float16's gradient scaler, written with torch.amp.GradScaler's own calls."""
+    for group in optimizer.param_groups:
+        group["lr"] = _lr_ref(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+    losses = []
+    for i in range(cfg.grad_accum_steps):
+        loss = micro_loss(i)
+        scaler.scale(loss / cfg.grad_accum_steps).backward()
+        losses.append(loss.detach().float())
+    scaler.unscale_(optimizer)
+    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack(losses).mean(), norm
+
+
+def _check_scaled_step(candidate, base):
+    """float16's path: an enabled GradScaler (it works on the CPU too), with finite and with inf gradients."""
+    cfg = replace(base, grad_accum_steps=2, grad_clip=0.05)
+    for label, blow_up in (("finite gradients", 1.0), ("inf gradients", math.inf)):
+        mine, ref = _StepNet(7), _StepNet(7)
+        opt_mine, opt_ref = _step_optimizer(mine, cfg), _step_optimizer(ref, cfg)
+        s_mine, s_ref = (torch.amp.GradScaler("cpu", init_scale=1024.0) for _ in range(2))
+        before = copy.deepcopy(mine)
+        where = (f"(float16's step 12 with a GradScaler at scale 1024, 2 micro-batches, clipping at 0.05 that "
+                 f"bites, {label})")
+        got_loss, got_norm = candidate(mine, opt_mine, _MicroLoss(mine, 7, 2, blow_up), 12, cfg, s_mine)
+        _, want_norm = _scaled_step(ref, opt_ref, _MicroLoss(ref, 7, 2, blow_up), 12, cfg, s_ref)
+        if blow_up == 1.0:
+            if not torch.allclose(got_norm.float(), want_norm.float(), rtol=1e-4):
+                if math.isclose(got_norm.item(), 1024 * want_norm.item(), rel_tol=1e-3):
+                    raise CheckFailed(f"the norm measured is 1024 times the true one {where}: it is the norm of "
+                                      "the scaled gradients, so clipping cuts them to the wrong size; call "
+                                      "scaler.unscale_(optimizer) before clipping")
+                raise CheckFailed(f"the norm returned is {got_norm.item():.4g}, the true gradient norm before "
+                                  f"clipping is {want_norm.item():.4g} {where}")
+            expect(_max_diff(mine, ref) < 1e-5,
+                   f"after your step the weights differ from the reference's by up to {_max_diff(mine, ref):.2e} "
+                   f"{where}: scale, backward, unscale_, clip, scaler.step(optimizer), scaler.update()")
+        else:
+            expect(all(torch.equal(p, q) for p, q in zip(mine.parameters(), before.parameters())),
+                   f"the weights changed (or became NaN) {where}: a step whose gradients hold inf or NaN must be "
+                   "skipped; scaler.step(optimizer) does that, optimizer.step() does not")
+        expect(s_mine.get_scale() == s_ref.get_scale(),
+               f"the scale after the step is {s_mine.get_scale():g}, expected {s_ref.get_scale():g} {where}: call "
+               "scaler.update() after scaler.step, so a skipped step lowers the scale")
+        expect(all(p.grad is None or not p.grad.abs().sum() > 0 for p in mine.parameters()),
+               f"gradients are left after the step {where}: clear them after the step")
+
+
 def _max_diff(a: nn.Module, b: nn.Module) -> float:
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
@@ -358,6 +409,52 @@ def _(candidate):
                                       f"clip_grad_norm_ returns {where}")
                 raise CheckFailed(f"the norm returned is {got_norm.item():.4g}, the global gradient norm "
                                   f"before clipping is {want_norm.item():.4g} {where}")
+    _check_scaled_step(candidate, base)
+
+
+# ---- precision by what the GPU has --------------------------------------------------------------
+
+_GPUS = [  # (device, CUDA available, compute capability, expected, what it is)
+    ("cuda", True, (7, 5), "float16", "a T4 (compute capability 7.5)"),
+    ("cuda", True, (8, 0), "bfloat16", "an A100 (compute capability 8.0)"),
+    ("cpu", True, (8, 0), "float32", "the CPU of a machine with an A100"),
+    ("cuda:0", True, (9, 0), "bfloat16", "an H100 (compute capability 9.0)"),
+    ("cuda", True, (6, 1), "float16", "a GTX 1080 (compute capability 6.1)"),
+    ("mps", False, (8, 0), "float32", "Apple MPS"),
+    ("cuda", True, (8, 6), "bfloat16", "an RTX 3090 (compute capability 8.6)"),
+    ("cuda", False, (8, 0), "float32", "a CUDA device on a machine where CUDA is not available"),
+]
+
+
+@exercise("6.18", "Precision by what the GPU has", builds="gptlib.training:resolve_precision",
+          tier="core", difficulty=2, importance=2, forbids=("torch.cuda.is_bf16_supported",))
+def _(candidate):
+    from unittest import mock
+    for device, available, capability, want, what in _GPUS:
+        asked = []
+
+        def capability_of(device=None, capability=capability):
+            asked.append(device)
+            return capability
+        with mock.patch.object(torch.cuda, "is_available", lambda: available), \
+                mock.patch.object(torch.cuda, "get_device_capability", capability_of), \
+                mock.patch.object(torch.cuda, "is_bf16_supported", lambda *a, **k: True):
+            got = candidate(device)
+        where = f"(precision='auto' on {what}; is_bf16_supported() says True, as it does on a T4)"
+        if got == want:
+            continue
+        if want == "float16" and got == "bfloat16":
+            raise CheckFailed(f"auto picked bfloat16 {where}: below 8.0 bf16 runs only through slow emulation; "
+                              "read the compute capability, not is_bf16_supported()")
+        if want == "float16" and got == "float32":
+            raise CheckFailed(f"auto picked float32 {where}: a GPU older than 8.0 still has fast float16, "
+                              "which trains with a gradient scaler")
+        if want == "bfloat16" and got == "float16":
+            raise CheckFailed(f"auto picked float16 {where}: from compute capability 8.0 on (the major number "
+                              "is 8 or more) bf16 is native and needs no scaler")
+        if want == "float32":
+            raise CheckFailed(f"auto picked {got} {where}: off a usable CUDA GPU train in float32")
+        raise CheckFailed(f"auto picked {got!r}, expected {want!r} {where}")
 
 
 # ---- 6.7 / 6.8 evaluation --------------------------------------------------------------------

@@ -118,21 +118,27 @@ def plot_overfitting(runs: Mapping[str, object], title: str = "Train vs validati
 
 
 def is_interactive() -> bool:
-    """True in a notebook a person is looking at (JupyterLab/Notebook, VS Code, Colab), False
-    when a notebook is executed in batch (nbval, nbconvert, the book build) or in a terminal.
-    ``GPTLIB_LIVE=1`` / ``0`` overrides."""
+    """True in a notebook a person is looking at (JupyterLab/Notebook, VS Code, Colab, Kaggle),
+    False when a notebook is executed in batch (nbval, nbconvert, the book build) or in a terminal.
+    ``GPTLIB_LIVE=1`` / ``0`` overrides.
+
+    A notebook kernel's shell is a ``ZMQInteractiveShell`` or, in hosted notebooks (Colab's
+    ``google.colab._shell.Shell``, Kaggle's), a subclass of it under another name: the test is
+    ``isinstance``, never the class name. A batch run uses the same kernel, so the front end is
+    told apart by what it leaves behind (Colab's module, Kaggle's, Jupyter's or VS Code's variables).
+    """
     forced = os.environ.get("GPTLIB_LIVE")
     if forced is not None:
         return forced.strip() not in ("", "0", "false", "no")
     try:
         from IPython import get_ipython
-        shell = get_ipython()
+        from ipykernel.zmqshell import ZMQInteractiveShell
     except ImportError:
         return False
-    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+    if not isinstance(get_ipython(), ZMQInteractiveShell):
         return False
-    return ("google.colab" in sys.modules or "JPY_SESSION_NAME" in os.environ
-            or "VSCODE_PID" in os.environ)
+    return ("google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ
+            or "JPY_SESSION_NAME" in os.environ or "VSCODE_PID" in os.environ)
 
 
 class LivePlot:
