@@ -105,7 +105,7 @@ def test_a_wrong_component_in_a_learners_gptlib_is_named_with_its_chapter_and_ex
     lib = tmp_path / "gptlib"
     shutil.copytree(ROOT / "gptlib", lib, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "notebooks").mkdir()
-    for path in export.chapter_notebooks(ROOT)[:5]:
+    for path in [p for p in export.chapter_notebooks(ROOT) if 1 <= int(p.name[:2]) <= 5]:
         instructor = nbformat.read(path, as_version=4)
         learner = student.refilled_notebook(student.student_notebook(instructor), instructor)
         for cell in learner.cells:
