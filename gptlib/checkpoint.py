@@ -34,14 +34,17 @@ class CheckpointError(ValueError):
 
 def _numpy_state() -> dict:
     """NumPy's global generator state as tensors and plain values (a file read with
-    ``torch.load(weights_only=True)`` may hold no NumPy arrays)."""
+    ``torch.load(weights_only=True)`` may hold no NumPy arrays): ``np.random.get_state()``'s five
+    parts under the keys ``"name"``, ``"keys"`` (the uint32 array as an int64 tensor), ``"pos"``,
+    ``"has_gauss"`` and ``"cached_gaussian"``."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 
 def _set_numpy_state(state: dict) -> None:
-    """Restore what :func:`_numpy_state` captured."""
+    """Restore what :func:`_numpy_state` captured (``np.random.set_state`` of the five parts, the
+    keys back as a uint32 array)."""
     np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
                          state["has_gauss"], state["cached_gaussian"]))
 
@@ -83,7 +86,9 @@ _REQUIRED = ("format", "version", "step", "model_config", "model", "optimizer", 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside a DistributedDataParallel and/or ``torch.compile`` wrapper: what a
-    checkpoint stores, so that a checkpoint from 8 GPUs loads on one and the other way round."""
+    checkpoint stores, so that a checkpoint from 8 GPUs loads on one and the other way round.
+    DistributedDataParallel keeps the model as ``.module``, ``torch.compile`` as ``._orig_mod``,
+    and a run may wrap one in the other: unwrap until neither is left."""
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
@@ -115,7 +120,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     The file holds a dict: beside its ``format``, ``version`` and ``torch_version`` marks,
     ``"step"`` (an int: it fixes the learning-rate schedule's position), ``"model_config"``
     (:func:`_model_config`: a GPT's :class:`GPTConfig` as a dict; None for a model without one),
-    ``"train_config"`` (a dict, or None), ``"model"`` (the state dict, every tensor detached and
+    ``"train_config"`` (a dict: a dataclass such as :class:`TrainConfig` goes through ``asdict``;
+    or None), ``"model"`` (the plain model's state dict, :func:`unwrap`: every tensor detached and
     on the CPU), ``"optimizer"`` (its state dict: AdamW's moments and step counts; None without
     an optimizer), ``"rng"`` (:func:`_rng_state` with the batch ``generator``), ``"history"``
     (``history.to_dict()``, or None) and ``"extra"`` (JSON-like values, ``{}`` by default).
@@ -123,11 +129,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     ``torch.load(weights_only=True)``. Written atomically. An enabled float16 gradient ``scaler``
     adds its state as ``"scaler"`` (its scale goes on from there when the run resumes).
     """
+    payload = {"format": _FORMAT, "version": _VERSION, "torch_version": str(torch.__version__),
+               "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
     model = unwrap(model)
     if is_dataclass(train_config):
         train_config = asdict(train_config)
-    payload = {"format": _FORMAT, "version": _VERSION, "torch_version": str(torch.__version__),
-               "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
     payload.update({
         "step": int(step), "model_config": _model_config(model), "train_config": train_config,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},

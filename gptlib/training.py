@@ -433,10 +433,12 @@ class History:
     eval_train_loss: list[float] = field(default_factory=list)   # NaN where a run's eval_loss gives val only
 
     def to_dict(self) -> dict:
+        """Every field as a plain dict of lists (what a checkpoint stores)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "History":
+        """The History that :meth:`to_dict` gave ``values``; an empty one for None or ``{}``."""
         return cls(**values) if values else cls()
 
     @property

@@ -2,6 +2,7 @@
 import inspect
 import math
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -12,18 +13,20 @@ from gptlib.checkpoint import (_rng_state, _set_numpy_state, _set_rng_state, loa
                                save_checkpoint, unwrap)
 from gptlib.data import get_batch, iter_batches
 from gptlib.exercises import run_check
+import gptlib.checkpoint
 import gptlib.training
 from gptlib.training import (DistInfo, History, bits_per_char, configure_optimizer, draw_batch, evaluate,
                              evaluate_full, lr_at, param_groups, perplexity, train, train_step)
 
 
-def _edited(func, name, *edits):
-    """``func`` (a gptlib.training function) with each ``(old, new)`` of ``edits`` applied to its source."""
+def _edited(func, name, *edits, namespace=None):
+    """``func`` (a gptlib function) with each ``(old, new)`` of ``edits`` applied to its source, run in
+    its module's namespace (or ``namespace``)."""
     source = inspect.getsource(func)
     for old, new in edits:
         assert source.count(old) == 1, old
         source = source.replace(old, new)
-    namespace = dict(vars(gptlib.training))
+    namespace = dict(vars(sys.modules[func.__module__])) if namespace is None else namespace
     exec(compile(source, f"<{name}>", "exec"), namespace)
     namespace[func.__name__].__name__ = name
     return namespace[func.__name__]
@@ -355,6 +358,33 @@ save_the_next_step = _save_but(step=lambda payload, args: payload["step"] + 1)
 save_without_the_history = _save_but(history=None)
 
 
+def _saver_with_an_unwrap(name, *edits):
+    """save_checkpoint calling gptlib's unwrap with ``edits`` applied."""
+    namespace = dict(vars(gptlib.checkpoint))
+    _edited(gptlib.checkpoint.unwrap, name, *edits, namespace=namespace)
+    return _edited(gptlib.checkpoint.save_checkpoint, name, namespace=namespace)
+
+
+save_without_unwrapping = _edited(gptlib.checkpoint.save_checkpoint, "save_without_unwrapping",
+                                  ("    model = unwrap(model)\n", ""))
+save_unwrapping_once = _saver_with_an_unwrap("save_unwrapping_once", ("    while True:\n", "    for _ in range(1):\n"),
+                                             ("            return model\n", "            return model\n    return model\n"))
+save_the_config_object = _edited(gptlib.checkpoint.save_checkpoint, "save_the_config_object",
+                                 ("    if is_dataclass(train_config):\n        train_config = asdict(train_config)\n", ""))
+
+
+class HistoryForgettingTheSavedValues(History):
+    @classmethod
+    def from_dict(cls, values):
+        return cls()
+
+
+class HistoryFailingOnNone(History):
+    @classmethod
+    def from_dict(cls, values):
+        return cls(**values)
+
+
 # ---- 6.12 History.best_val / best_step ----------------------------------------------------
 
 class HistoryWithTheLastLoss(History):
@@ -609,6 +639,11 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.11", save_without_the_batch_generator, "batch generator's state"),
     ("6.11", save_the_next_step, "'step' is"),
     ("6.11", save_without_the_history, "history.to_dict()"),
+    ("6.11", save_without_unwrapping, "save the model inside every wrapper"),
+    ("6.11", save_unwrapping_once, "save the model inside every wrapper"),
+    ("6.11", save_the_config_object, "asdict"),
+    ("6.12", HistoryForgettingTheSavedValues, "not the same History again"),
+    ("6.12", HistoryFailingOnNone, "return an empty History"),
     ("6.12", HistoryWithTheLastLoss, "the last validation loss"),
     ("6.12", HistoryWithTheIndex, "the position in val_loss"),
     ("6.12", HistoryWithTheLastTie, "the last of the tied"),

@@ -13,7 +13,7 @@ import copy
 import io
 import math
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -699,6 +699,24 @@ def _noisy_steps(model, optimizer, generator, steps, data):
     return losses
 
 
+@dataclass
+class _RunConfig:
+    """A run's settings as a dataclass, as TrainConfig is."""
+    lr: float = 0.1
+    steps: int = 3
+
+
+class _Wrapper(nn.Module):
+    """What torch.compile returns: the model kept as ``._orig_mod``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._orig_mod = model
+
+    def forward(self, x):
+        return self._orig_mod(x)
+
+
 @exercise("6.11", "What a checkpoint holds", builds="gptlib.checkpoint:save_checkpoint",
           tier="core", difficulty=2, importance=3)
 def _(candidate):
@@ -753,6 +771,24 @@ def _(candidate):
                f"uninterrupted run {[round(v, 4) for v in losses[split:]]} {where}")
         expect(all(torch.equal(p, q) for p, q in zip(resumed.parameters(), whole.parameters())),
                f"the resumed run ends with other weights than the uninterrupted one {where}")
+    # a compiled model inside a DDP-like wrapper, and a dataclass config: the plain model's weights, a dict
+    inner = _Noisy(0)
+    wrapped = _Wrapper(_Wrapper(inner))
+    where = "(a model wrapped twice, as torch.compile wraps in ._orig_mod, and a dataclass train_config)"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt.pt"
+        candidate(path, wrapped, None, 0, _RunConfig())
+        try:
+            payload = torch.load(path, weights_only=True)
+        except Exception as err:
+            raise CheckFailed(f"torch.load(weights_only=True) cannot read the checkpoint back {where} "
+                              f"({type(err).__name__}): store the config as a dict (dataclasses.asdict)") from None
+    keys = sorted(payload["model"])
+    expect(keys == sorted(inner.state_dict()),
+           f"the weights are saved under the names {keys[:2]}... {where}: a wrapper's names do not load into a "
+           "plain model; save the model inside every wrapper (unwrap until none is left)")
+    expect(payload["train_config"] == {"lr": 0.1, "steps": 3},
+           f"'train_config' is {payload['train_config']!r} {where}: a dataclass goes in as asdict(train_config)")
 
 
 # ---- load_checkpoint: the restore -----------------------------------------------------------
@@ -849,6 +885,22 @@ def _(candidate):
             raise CheckFailed(f"best_step is {got_step}, the last of the tied evaluations {where}: return the "
                               f"first one, {want_step} (list.index finds the first)")
         expect(got_step == want_step, f"best_step is {got_step!r}, expected {want_step} {where}")
+    h = candidate(step=[0, 1], lr=[0.1, 0.2], train_loss=[2.0, 1.5], grad_norm=[0.3, 0.4], eval_step=[2],
+                  val_loss=[1.4], eval_train_loss=[1.3])
+    values = h.to_dict()
+    expect(isinstance(values, dict) and values.get("val_loss") == [1.4] and values.get("step") == [0, 1],
+           f"to_dict() gave {values!r}: every field by its name, as plain lists (dataclasses.asdict)")
+    back = candidate.from_dict(values)
+    expect(isinstance(back, candidate) and back.to_dict() == values,
+           "from_dict(h.to_dict()) is not the same History again: build it from the dict's fields")
+    for empty in (None, {}):
+        try:
+            fresh = candidate.from_dict(empty)
+        except TypeError:
+            raise CheckFailed(f"from_dict({empty!r}) raises TypeError: a checkpoint saved without a history "
+                              "holds None; return an empty History") from None
+        expect(isinstance(fresh, candidate) and fresh.to_dict() == candidate().to_dict(),
+               f"from_dict({empty!r}) must be an empty History")
 
 
 # ---- 6.13 one global batch, sliced -----------------------------------------------------------
