@@ -5,7 +5,7 @@ GPT-2 initialisation, optional KV cache), loading Hugging Face GPT-2 weights, pa
 Built in Chapter 5 (notebooks/05_transformer_block.ipynb)."""
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'GPT2_SIZES', 'GPTConfig', 'GPT', 'convert_hf_state_dict', 'load_hf_state_dict', 'parameter_breakdown']
+__all__ = ['GPT2_SIZES', 'GPTConfig', 'GPT', 'convert_hf_state_dict', 'load_hf_state_dict', 'parameter_breakdown']
 
 # %% ../notebooks/05_transformer_block.ipynb #0612d64a
 import math
@@ -17,11 +17,10 @@ import torch.nn.functional as F
 
 from gptlib.block import Block, LayerNorm
 from gptlib.embeddings import INIT_STD, PositionalEmbedding, TokenEmbedding
+from gptlib.objectives import IGNORE_INDEX  # a target the loss skips (Chapter 0 defines it)
 from gptlib.runtime import positive_int
 
 # %% ../notebooks/05_transformer_block.ipynb #51d5a8f0
-IGNORE_INDEX = -100  # a target with this value adds nothing to the loss (padding, prompt tokens)
-
 GPT2_SIZES: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),          # "small", 124M
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M

@@ -10,7 +10,7 @@ __all__ = ['IGNORE_INDEX', 'next_token_targets', 'masked_lm_targets', 'attention
 # %% ../notebooks/00_language_models.ipynb #ch00-032b
 import torch
 
-IGNORE_INDEX = -100  # a target the loss skips: the same value as gptlib.model.IGNORE_INDEX
+IGNORE_INDEX = -100  # a target the loss skips (padding, unmasked positions, prompt tokens); the one definition
 
 # %% ../notebooks/00_language_models.ipynb #ch00-033
 def next_token_targets(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
