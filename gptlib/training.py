@@ -66,33 +66,28 @@ class TrainConfig:
     compile: bool | str = "auto"   # True, False or "auto" (on CUDA only)
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_iters",
-                     "log_interval"):
+        counts = ["max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"]
+        for name in counts + ["eval_batch_size"] * (self.eval_batch_size is not None):
             positive_int(f"TrainConfig.{name}", getattr(self, name))
-        if self.eval_batch_size is not None:
-            positive_int("TrainConfig.eval_batch_size", self.eval_batch_size)
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
-        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.checkpoint_interval < 0:
-            raise ValueError("grad_clip, weight_decay and checkpoint_interval must be >= 0")
-        if self.precision not in ("auto", "bfloat16", "float16", "float32"):
-            raise ValueError(f"precision must be 'auto', 'bfloat16', 'float16' or 'float32', got {self.precision!r}")
-        if not (isinstance(self.compile, bool) or self.compile == "auto"):
-            raise ValueError(f"compile must be True, False or 'auto', got {self.compile!r}")
+        rules = {  # what must hold: the message when it does not
+            f"warmup_steps must be an int in [0, max_steps={self.max_steps}]":
+                type(self.warmup_steps) is int and 0 <= self.warmup_steps <= self.max_steps,
+            "need 0 <= min_lr <= lr and lr > 0": 0 < self.lr and 0 <= self.min_lr <= self.lr,
+            "beta1 and beta2 must lie in [0, 1)": 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+            "grad_clip, weight_decay and checkpoint_interval must be >= 0":
+                min(self.grad_clip, self.weight_decay, self.checkpoint_interval) >= 0,
+            "precision must be 'auto', 'bfloat16', 'float16' or 'float32'":
+                self.precision in ("auto", "bfloat16", "float16", "float32"),
+            "compile must be True, False or 'auto'": isinstance(self.compile, bool) or self.compile == "auto",
+        }
+        broken = [message for message, holds in rules.items() if not holds]
+        if broken:
+            raise ValueError(f"TrainConfig: {'; '.join(broken)}; got {asdict(self)}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """A TrainConfig from a dict (e.g. JSON); an unknown key is an error, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return cls(**_known("TrainConfig keys", values, {f.name for f in fields(cls)}))
 
     def tokens_per_step(self, block_size: int, world_size: int = 1) -> int:
         """Tokens that one optimizer step learns from (all processes together)."""
@@ -103,12 +98,17 @@ _DATA_DEFAULTS = {"dataset": "tinyshakespeare", "tokenizer": "char", "bpe_vocab_
                   "val_fraction": 0.1, "max_chars": None}
 
 
+def _known(what: str, values: dict, known, hint: str = "") -> dict:
+    """``values``, when each of its keys is ``known``; else a ValueError naming the unknown ones."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what}: {', '.join(unknown)}{hint}; known: {', '.join(sorted(known))}")
+    return values
+
+
 def _data_settings(data: dict) -> dict:
     """A recipe's ``data`` section with its defaults filled in; an unknown key is an error."""
-    unknown = sorted(set(data) - set(_DATA_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown data keys: {', '.join(unknown)}; known: {', '.join(sorted(_DATA_DEFAULTS))}")
-    data = {**_DATA_DEFAULTS, **data}
+    data = {**_DATA_DEFAULTS, **_known("data keys", data, _DATA_DEFAULTS)}
     if data["tokenizer"] not in ("char", "bpe"):
         raise ValueError(f"tokenizer must be 'char' or 'bpe', got {data['tokenizer']!r}")
     return data
@@ -134,16 +134,10 @@ class Recipe:
     def from_dict(cls, values: dict) -> "Recipe":
         """A Recipe from a dict with the sections ``description``, ``data``, ``model``, ``train`` and
         ``out_dir``, each keyed by its config's own field names; anything unknown is an error."""
-        sections = ("description", "data", "model", "train", "out_dir")
-        unknown = sorted(set(values) - set(sections))
-        if unknown:
-            raise ValueError(f"unknown config sections: {', '.join(unknown)}; expected {', '.join(sections)}")
+        _known("config sections", values, ("description", "data", "model", "train", "out_dir"))
         model = dict(values.get("model", {}))
-        known = {f.name for f in fields(GPTConfig)} - {"vocab_size"}
-        unknown = sorted(set(model) - known)
-        if unknown:
-            hint = " (the tokenizer sets vocab_size)" if "vocab_size" in unknown else ""
-            raise ValueError(f"unknown model keys: {', '.join(unknown)}{hint}; known: {', '.join(sorted(known))}")
+        _known("model keys", model, {f.name for f in fields(GPTConfig)} - {"vocab_size"},
+               " (the tokenizer sets vocab_size)" if "vocab_size" in model else "")
         recipe = cls(model=model, train=TrainConfig.from_dict(values.get("train", {})),
                      data=_data_settings(values.get("data", {})), out_dir=str(values.get("out_dir", "runs/train")),
                      description=str(values.get("description", "")))
@@ -585,6 +579,8 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
     # the step this call stops before: max_steps, or until_step if that comes first
     end = config.max_steps if until_step is None else min(until_step, config.max_steps)
     autocast = autocast_context(device, config.precision)
+    # net, the model as trained: raw compiled as the config says (maybe_compile) and, under torchrun,
+    # wrapped in DistributedDataParallel (device_ids=[device.index] on CUDA, else None)
     net, _ = maybe_compile(raw, device, config.compile)
     if dist_info.world_size > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -595,7 +591,10 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
             x, y = draw_batch(train_data, block_size, config.batch_size, generator, dist_info, device)
             return net(x, y)[1]
 
-    def micro_loss(micro: int) -> torch.Tensor:   # DDP averages gradients after the last micro-batch only
+    def micro_loss(micro: int) -> torch.Tensor:
+        """Micro-batch ``micro``'s loss, ``batch_loss(net, generator, device)`` under ``autocast``;
+        under torchrun inside ``net.no_sync()`` for all but the last micro-batch of the step, so
+        DDP averages the gradients across the processes once per step, not once per micro-batch."""
         last = micro == config.grad_accum_steps - 1
         sync = contextlib.nullcontext() if last or dist_info.world_size == 1 else net.no_sync()
         with sync, autocast:

@@ -552,6 +552,13 @@ _TRAIN_SLIPS = {  # name: the (old, new) edits of gptlib's train that make the s
     "train_comparing_after_recording": [
         ("        improved = val < history.best_val\n        history.val_loss.append(val)\n",
          "        history.val_loss.append(val)\n        improved = val < history.best_val\n")],
+    "train_without_no_sync": [("sync = contextlib.nullcontext() if last or dist_info.world_size == 1 else net.no_sync()",
+                               "sync = contextlib.nullcontext()")],
+    "train_syncing_the_first_micro_batch": [("last = micro == config.grad_accum_steps - 1", "last = micro == 0")],
+    "train_without_ddp": [("    if dist_info.world_size > 1:\n        net = nn.parallel", "    if False:\n        net = nn.parallel")],
+    "train_keeping_its_own_losses": [("                torch.distributed.all_reduce(values)\n", "")],
+    "train_summing_the_losses": [("                values /= dist_info.world_size\n", "")],
+    "train_without_the_barrier": [("            torch.distributed.barrier()\n", "            pass\n")],
 }
 TRAIN_SLIPS = {name: _train_with(name, *edits) for name, edits in _TRAIN_SLIPS.items()}
 
@@ -688,6 +695,12 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.18", PRECISION_SLIPS["precision_float32_on_old_gpus"], "gradient scaler"),
     ("6.18", PRECISION_SLIPS["precision_from_9_0_only"], "bf16 is native"),
     ("6.18", PRECISION_SLIPS["precision_by_the_device_alone"], "train in float32"),
+    ("6.14", TRAIN_SLIPS["train_without_no_sync"], "inside net.no_sync()"),
+    ("6.14", TRAIN_SLIPS["train_syncing_the_first_micro_batch"], "all but the last micro-batch"),
+    ("6.14", TRAIN_SLIPS["train_without_ddp"], "not wrapped in DistributedDataParallel"),
+    ("6.14", TRAIN_SLIPS["train_keeping_its_own_losses"], "all_reduce the queued values"),
+    ("6.14", TRAIN_SLIPS["train_summing_the_losses"], "divide by world_size"),
+    ("6.14", TRAIN_SLIPS["train_without_the_barrier"], "barrier()"),
     ("6.15", budget_rate_too_low, "above the target"),
     ("6.15", budget_high_rate_without_warmup, "above the target"),
     ("6.15", budget_rate_far_too_high, "too high"),

@@ -9,6 +9,7 @@ gptlib.training's functions: a learner's exported code is never compared with it
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -1054,6 +1055,85 @@ def _compare_run(got, want, cfg, where, default_hooks):
                f"with the eval_loss hook there is no training estimate: record math.nan in eval_train_loss {where}")
 
 
+class _FakeDDP(nn.Module):
+    """DistributedDataParallel's stand-in for one process: it records, per forward pass, whether the
+    gradients would be averaged across the processes (outside ``no_sync``) or not."""
+    made: list = []
+
+    def __init__(self, module, device_ids=None):
+        super().__init__()
+        self.module, self.syncing, self.calls = module, True, []
+        _FakeDDP.made.append(self)
+
+    def forward(self, *args):
+        self.calls.append(self.syncing)
+        return self.module(*args)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+
+def _check_two_processes(candidate):
+    """Rank 0 of two, faked in one process: DDP is _FakeDDP, all_reduce adds the other rank's numbers
+    (each 1 more than this rank's), barrier counts."""
+    import tempfile
+    from pathlib import Path
+    from unittest import mock
+    from gptlib.training import DistInfo
+    cfg = _loop_config(max_steps=4, grad_accum_steps=3, eval_interval=2, log_interval=2, checkpoint_interval=2)
+    where = "(rank 0 of 2 under torchrun, 4 steps of 3 micro-batches, a checkpoint every 2 steps)"
+    barriers, names = [], candidate.__globals__
+    saved_setup = names.get("_setup_distributed")
+    _FakeDDP.made.clear()
+    data, ref_data = _LoopData(), _LoopData()
+    try:
+        names["_setup_distributed"] = lambda: DistInfo(rank=0, world_size=2)
+        with tempfile.TemporaryDirectory() as tmp, \
+                mock.patch.object(nn.parallel, "DistributedDataParallel", _FakeDDP), \
+                mock.patch.object(torch.distributed, "all_reduce", lambda t, *a, **k: t.mul_(2).add_(1.0)), \
+                mock.patch.object(torch.distributed, "barrier", lambda *a, **k: barriers.append(1)):
+            got = candidate(_StepNet(5), None, None, cfg, batch_loss=data.batch_loss, eval_loss=data.eval_loss,
+                            checkpoint_path=Path(tmp) / "ckpt.pt", progress=False)
+    except AttributeError as err:
+        if "no_sync" in str(err) and not _FakeDDP.made:
+            raise CheckFailed(f"{type(err).__name__}: {err} {where}: the model was not wrapped in "
+                              "DistributedDataParallel, whose no_sync it calls; under torchrun (world_size > 1) "
+                              "wrap net in nn.parallel.DistributedDataParallel") from None
+        raise
+    finally:
+        if saved_setup is None:
+            names.pop("_setup_distributed", None)
+        else:
+            names["_setup_distributed"] = saved_setup
+    want = _loop_ref(_StepNet(5), cfg, ref_data.batch_loss, lambda m: (math.nan, ref_data.eval_loss(m)))
+    expect(_FakeDDP.made, f"the model was not wrapped in DistributedDataParallel {where}: under torchrun "
+                          "(world_size > 1) wrap net in nn.parallel.DistributedDataParallel")
+    calls = _FakeDDP.made[-1].calls
+    expect(calls == [False, False, True] * cfg.max_steps,
+           f"per micro-batch, DDP would average the gradients {['yes' if c else 'no' for c in calls[:3]]} in a "
+           f"step, expected ['no', 'no', 'yes'] {where}: run all but the last micro-batch inside net.no_sync(), "
+           "so the gradients cross the network once per step")
+    plain, summed = want["train_loss"], [2 * v + 1 for v in want["train_loss"]]
+    if _same(got.train_loss, plain):
+        raise CheckFailed(f"the recorded losses are this process's own {where}: in flush, all_reduce the queued "
+                          "values across the processes before moving them to history")
+    if _same(got.train_loss, [v / 2 for v in plain]):
+        raise CheckFailed(f"the recorded losses are half this process's own {where}: all_reduce the queued values "
+                          "across the processes (it sums them) before dividing by world_size")
+    if _same(got.train_loss, summed):
+        raise CheckFailed(f"the recorded losses are the sum over the processes {where}: after all_reduce, "
+                          "divide by world_size")
+    expect(_same(got.train_loss, [v + 0.5 for v in plain]),
+           f"the recorded losses are not the mean over the two processes {where}")
+    expect(len(barriers) == 3, f"torch.distributed.barrier() was called {len(barriers)} times for 3 saves {where}: "
+                               "after each save, every process waits until rank 0 has written it")
+
+
 @exercise("6.14", "The training loop", builds="gptlib.training:train", tier="core", difficulty=3, importance=3)
 def _(candidate):
     import tempfile
@@ -1131,6 +1211,7 @@ def _(candidate):
         expect(best_step == 6, f"the best checkpoint is of step {best_step}, expected 6 (validation loss 1.5) "
                                f"{where}: save it only when val is below history.best_val, compared before val "
                                "is recorded")
+    _check_two_processes(candidate)
     # 4. stopped with until_step, then resumed from its checkpoint: the same run as without the break
     cfg = _loop_config(max_steps=7, eval_interval=2)
     whole_data, split_data = _LoopData(), _LoopData()
