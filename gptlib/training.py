@@ -461,8 +461,12 @@ class DistInfo:
 
 
 def _setup_distributed() -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1`` in the
-    environment): NCCL when CUDA is available, gloo on CPU. A plain run gets ``DistInfo()``."""
+    """Where this process sits, from the variables ``torchrun`` sets in its environment:
+    ``WORLD_SIZE`` (processes in all; a plain run has none: ``DistInfo()``), ``RANK`` (this one's
+    number among them) and ``LOCAL_RANK`` (its number on this machine, the GPU it drives; 0 when
+    unset). With ``WORLD_SIZE > 1`` the process joins the group, unless it already has
+    (``torch.distributed.is_initialized()``): ``torch.distributed.init_process_group(backend=...)``
+    with NCCL when CUDA is available, after ``torch.cuda.set_device(local_rank)``, else gloo."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()

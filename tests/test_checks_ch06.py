@@ -517,6 +517,17 @@ PRECISION_SLIPS = {name: _precision_with(name, *edits) for name, edits in {
 }.items()}
 
 
+# ---- 6.19 _setup_distributed: gptlib's with one slip each -----------------------------------
+
+SETUP_SLIPS = {name: _edited(gptlib.training._setup_distributed, name, *edits) for name, edits in {
+    "setup_with_the_local_rank_as_rank": [('rank, local_rank = int(os.environ["RANK"])', 'rank, local_rank = int(os.environ.get("LOCAL_RANK", "0"))')],
+    "setup_always_nccl": [('backend = "nccl" if torch.cuda.is_available() else "gloo"', 'backend = "nccl"')],
+    "setup_joining_twice": [("    if not torch.distributed.is_initialized():\n", "    if True:\n")],
+    "setup_without_choosing_the_gpu": [("            torch.cuda.set_device(local_rank)\n", "            pass\n")],
+    "setup_joining_alone": [("    if world_size <= 1:\n", "    if world_size < 1:\n")],
+}.items()}
+
+
 # ---- 6.14 the training loop: gptlib's train with one slip each -----------------------------
 
 def _train_with(name, *edits):
@@ -591,7 +602,8 @@ PASSING = [("6.1", perplexity), ("6.2", bits_per_char), ("6.3", param_groups), (
            ("6.5", lr_at), ("6.6", train_step), ("6.7", evaluate), ("6.8", evaluate_full), ("6.9", _rng_state),
            ("6.10", _set_rng_state), ("6.11", save_checkpoint), ("6.12", History), ("6.13", draw_batch),
            ("6.14", train), ("6.15", budget_reference), ("6.16", load_checkpoint),
-           ("6.17", gptlib.training.load_text_data), ("6.18", gptlib.training.resolve_precision)]
+           ("6.17", gptlib.training.load_text_data), ("6.18", gptlib.training.resolve_precision),
+           ("6.19", gptlib.training._setup_distributed)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.1", perplexity_in_base_2, "not 2 ** loss"),
@@ -701,6 +713,11 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.14", TRAIN_SLIPS["train_keeping_its_own_losses"], "all_reduce the queued values"),
     ("6.14", TRAIN_SLIPS["train_summing_the_losses"], "divide by world_size"),
     ("6.14", TRAIN_SLIPS["train_without_the_barrier"], "barrier()"),
+    ("6.19", SETUP_SLIPS["setup_with_the_local_rank_as_rank"], "RANK is the process's number among all"),
+    ("6.19", SETUP_SLIPS["setup_always_nccl"], "gloo otherwise"),
+    ("6.19", SETUP_SLIPS["setup_joining_twice"], "joined already"),
+    ("6.19", SETUP_SLIPS["setup_without_choosing_the_gpu"], "set_device(local_rank)"),
+    ("6.19", SETUP_SLIPS["setup_joining_alone"], "WORLD_SIZE > 1"),
     ("6.15", budget_rate_too_low, "above the target"),
     ("6.15", budget_high_rate_without_warmup, "above the target"),
     ("6.15", budget_rate_far_too_high, "too high"),

@@ -936,6 +936,51 @@ def _(candidate):
                f"batch of {batch * world} windows: rank r keeps rows r * batch_size to (r + 1) * batch_size")
 
 
+# ---- where a process sits (torchrun's environment) ----------------------------------------------
+
+_ENVIRONMENTS = [  # (what, environment, CUDA available, already joined, expected (rank, world, local), backend)
+    ("torchrun with one process", {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}, True, False, (0, 1, 0), None),
+    ("a plain run (no torchrun variables)", {}, True, False, (0, 1, 0), None),
+    ("rank 5 of 8 on a machine with 4 GPUs", {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1"}, True, False,
+     (5, 8, 1), "nccl"),
+    ("rank 1 of 2 on CPUs, LOCAL_RANK unset", {"WORLD_SIZE": "2", "RANK": "1"}, False, False, (1, 2, 0), "gloo"),
+    ("rank 3 of 4, the group already joined", {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}, True, True,
+     (3, 4, 3), None),
+]
+
+
+@exercise("6.19", "Where a process sits", builds="gptlib.training:_setup_distributed",
+          tier="warm-up", difficulty=1, importance=2)
+def _(candidate):
+    import os
+    from unittest import mock
+    for what, env, cuda, joined, (rank, world, local), backend in _ENVIRONMENTS:
+        inits, devices = [], []
+        clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+        with mock.patch.dict(os.environ, {**clean, **env}, clear=True), \
+                mock.patch.object(torch.cuda, "is_available", lambda: cuda), \
+                mock.patch.object(torch.cuda, "set_device", lambda d: devices.append(d)), \
+                mock.patch.object(torch.distributed, "is_initialized", lambda: joined), \
+                mock.patch.object(torch.distributed, "init_process_group",
+                                  lambda backend=None, **kw: inits.append(backend)):
+            info = candidate()
+        where = f"({what}: {env or 'no variables'})"
+        got = tuple(getattr(info, name, None) for name in ("rank", "world_size", "local_rank"))
+        expect(got == (rank, world, local),
+               f"(rank, world_size, local_rank) is {got}, expected {(rank, world, local)} {where}: RANK is the "
+               "process's number among all, LOCAL_RANK its number on this machine (0 when unset)")
+        if backend is None:
+            expect(not inits, f"init_process_group was called {where}: "
+                              + ("join only when WORLD_SIZE > 1" if world == 1 else
+                                 "the group is joined already (torch.distributed.is_initialized())"))
+            continue
+        expect(inits == [backend], f"init_process_group was called with the backends {inits}, expected "
+                                   f"['{backend}'] {where}: NCCL when CUDA is available, gloo otherwise")
+        expect(devices == ([local] if backend == "nccl" else []),
+               f"torch.cuda.set_device was called with {devices} {where}: with NCCL, each process first takes "
+               "its own GPU, set_device(local_rank); without CUDA, none")
+
+
 # ---- 6.14 the training loop -------------------------------------------------------------------
 
 def _loop_config(**changes):
