@@ -15,9 +15,9 @@ Checkpoints live in :mod:`gptlib.checkpoint`; the generation loop in :mod:`gptli
 
 # %% auto #0
 __all__ = ['TrainConfig', 'Recipe', 'recipe_file', 'load_recipe', 'perplexity', 'bits_per_char', 'uniform_loss', 'param_groups',
-           'configure_optimizer', 'lr_at', 'train_step', 'evaluate', 'evaluate_full', 'resolve_precision',
-           'autocast_context', 'grad_scaler', 'maybe_compile', 'History', 'DistInfo', 'draw_batch', 'train',
-           'load_text_data']
+           'configure_optimizer', 'lr_at', 'train_step', 'evaluate', 'evaluate_full', 'evaluate_sliding',
+           'resolve_precision', 'autocast_context', 'grad_scaler', 'maybe_compile', 'History', 'DistInfo', 'draw_batch',
+           'train', 'load_text_data']
 
 # %% ../notebooks/06_training.ipynb #ch06-004
 import contextlib
@@ -361,6 +361,51 @@ def evaluate_full(model: nn.Module, data: torch.Tensor, block_size: int, batch_s
             count += y.numel()
     model.train(was_training)
     return (total / count).item(), count
+
+
+def evaluate_sliding(model: nn.Module, data: torch.Tensor, block_size: int, stride: int | None = None,
+                     batch_size: int = 32, device: torch.device | str | None = None,
+                     autocast: contextlib.AbstractContextManager | None = None) -> tuple[float, int]:
+    """The mean loss over every target of ``data``, each scored once, with more context than
+    :func:`evaluate_full` gives its first positions.
+
+    Windows of ``block_size`` tokens start at 0, ``stride``, ``2 * stride``, ... (default
+    ``block_size // 2``), plus one that ends exactly at the end of ``data`` when the steps miss
+    it. Each window scores only the targets no earlier window scored: the first all
+    ``block_size``, a later one its last ``start + block_size - (targets scored so far)``. Every
+    target after the first window so sees at least ``block_size - stride`` tokens of context.
+    The model gives the logits (``model(x)[0]``, ``batch_size`` windows at a time) and per-target
+    losses come from ``nn.functional.cross_entropy(..., reduction="none")``, summed in float64.
+    Eval mode, no gradients, ``autocast`` and the mode restored as in :func:`evaluate`. Returns
+    ``(mean loss in nats per token, number of targets scored)``, that is ``len(data) - 1`` targets.
+    """
+    stride = stride or max(1, block_size // 2)
+    if not 1 <= stride <= block_size:
+        raise ValueError(f"stride must be in [1, block_size={block_size}], got {stride}")
+    if len(data) <= block_size:
+        raise ValueError(f"data has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
+    autocast = autocast or contextlib.nullcontext()
+    last = len(data) - 1 - block_size
+    starts = list(range(0, last + 1, stride))
+    if starts[-1] != last:
+        starts.append(last)
+    was_training = model.training
+    model.eval()
+    total, scored = torch.zeros((), dtype=torch.float64, device=device), 0
+    with torch.no_grad():
+        for i in range(0, len(starts), batch_size):
+            batch = starts[i:i + batch_size]
+            x = torch.stack([data[s:s + block_size] for s in batch]).to(device)
+            y = torch.stack([data[s + 1:s + block_size + 1] for s in batch]).to(device)
+            with autocast:
+                logits = model(x)[0]
+            losses = nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+            for row, start in enumerate(batch):
+                new = start + block_size - scored
+                total += losses[row, block_size - new:].double().sum()
+                scored += new
+    model.train(was_training)
+    return (total / scored).item(), scored
 
 
 # %% ../notebooks/06_training.ipynb #ch06-023

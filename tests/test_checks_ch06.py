@@ -528,6 +528,17 @@ SETUP_SLIPS = {name: _edited(gptlib.training._setup_distributed, name, *edits) f
 }.items()}
 
 
+# ---- 6.20 evaluate_sliding: gptlib's with one slip each -------------------------------------
+
+SLIDING_SLIPS = {name: _edited(gptlib.training.evaluate_sliding, name, *edits) for name, edits in {
+    "sliding_scoring_whole_windows": [("                new = start + block_size - scored\n",
+                                       "                new = block_size\n")],
+    "sliding_without_the_last_window": [("    if starts[-1] != last:\n        starts.append(last)\n", "")],
+    "sliding_scoring_the_first_positions": [("total += losses[row, block_size - new:]", "total += losses[row, :new]")],
+    "sliding_in_train_mode": [("    model.eval()\n", "")],
+}.items()}
+
+
 # ---- 6.14 the training loop: gptlib's train with one slip each -----------------------------
 
 def _train_with(name, *edits):
@@ -603,7 +614,7 @@ PASSING = [("6.1", perplexity), ("6.2", bits_per_char), ("6.3", param_groups), (
            ("6.10", _set_rng_state), ("6.11", save_checkpoint), ("6.12", History), ("6.13", draw_batch),
            ("6.14", train), ("6.15", budget_reference), ("6.16", load_checkpoint),
            ("6.17", gptlib.training.load_text_data), ("6.18", gptlib.training.resolve_precision),
-           ("6.19", gptlib.training._setup_distributed)]
+           ("6.19", gptlib.training._setup_distributed), ("6.20", gptlib.training.evaluate_sliding)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.1", perplexity_in_base_2, "not 2 ** loss"),
@@ -718,6 +729,10 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.19", SETUP_SLIPS["setup_joining_twice"], "joined already"),
     ("6.19", SETUP_SLIPS["setup_without_choosing_the_gpu"], "set_device(local_rank)"),
     ("6.19", SETUP_SLIPS["setup_joining_alone"], "WORLD_SIZE > 1"),
+    ("6.20", SLIDING_SLIPS["sliding_scoring_whole_windows"], "not all of its own"),
+    ("6.20", SLIDING_SLIPS["sliding_without_the_last_window"], "add one last window"),
+    ("6.20", SLIDING_SLIPS["sliding_scoring_the_first_positions"], "its last"),
+    ("6.20", SLIDING_SLIPS["sliding_in_train_mode"], "model.eval()"),
     ("6.15", budget_rate_too_low, "above the target"),
     ("6.15", budget_high_rate_without_warmup, "above the target"),
     ("6.15", budget_rate_far_too_high, "too high"),

@@ -410,3 +410,19 @@ def test_live_plot_draws_in_hosted_notebooks(monkeypatch):
     assert is_interactive()                            # Kaggle
     monkeypatch.setattr(IPython, "get_ipython", lambda: object())
     assert not is_interactive()                        # a terminal IPython, or no IPython at all
+
+
+def test_sliding_evaluation_scores_every_target_once(tiny_config):
+    from gptlib.training import evaluate_sliding
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    _, val = pattern_data()
+    block = model.config.block_size
+    data = val[: 4 * block + 1]                       # four whole windows
+    full, n = evaluate_full(model, data, block, batch_size=3)
+    same, m = evaluate_sliding(model, data, block, stride=block, batch_size=3)
+    assert m == n == len(data) - 1 and math.isclose(same, full, rel_tol=1e-6)   # stride = block_size: the same windows
+    half, k = evaluate_sliding(model, val, block, batch_size=5)
+    assert k == len(val) - 1 and math.isfinite(half)
+    with pytest.raises(ValueError, match="stride"):
+        evaluate_sliding(model, val, block, stride=block + 1)

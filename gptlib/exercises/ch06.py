@@ -574,6 +574,64 @@ def _(candidate):
         raise CheckFailed(f"the mean loss over every target should be {total / tokens:.6f}, got {mean:.6f} {where}")
 
 
+class _PosLM(_EvalLM):
+    """_EvalLM with a learned position embedding: a target's loss depends on where in the window it sits."""
+
+    def __init__(self, vocab: int = 7, width: int = 8, block: int = 8, seed: int = 0):
+        super().__init__(vocab, width, seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 1)
+            self.pos = nn.Embedding(block, width)
+
+    def forward(self, idx, targets=None):
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        logits = self.head(self.drop(self.emb(idx) + 3 * self.pos(torch.arange(idx.size(1)))))
+        return logits, None
+
+
+def _sliding_ref(model, data, block, stride):
+    """Per target, the loss from the window that scores it: the first window all its targets, each later
+    window (every ``stride``, and one ending at the end) only the targets past the previous window's end."""
+    last = len(data) - 1 - block
+    starts = sorted(set(range(0, last + 1, stride)) | {last})
+    losses, done = [], 0
+    with torch.no_grad():
+        for start in starts:
+            logits = model(data[start:start + block][None])[0][0]
+            per = F.cross_entropy(logits, data[start + 1:start + block + 1], reduction="none")
+            losses.append(per[done - start:] if done > start else per)
+            done = start + block
+    every = torch.cat(losses).double()
+    return every.mean().item(), len(every)
+
+
+@exercise("6.20", "Score every token with context", builds="gptlib.training:evaluate_sliding",
+          tier="core", difficulty=3, importance=2)
+def _(candidate):
+    for block, stride, batch, n in ((4, 2, 3, 4 * 7 + 3), (6, 3, 2, 40), (5, 1, 4, 23), (4, 4, 8, 4 * 6 + 1),
+                                    (6, 4, 1, 33)):
+        model, data = _PosLM(block=block, seed=n), _eval_data(n, seed=n)
+        where = f"(block_size={block}, stride={stride}, batch_size={batch}, {n} tokens)"
+        got = _mode_checks(lambda: candidate(model, data, block, stride, batch), model, "evaluate_sliding")
+        expect(all(isinstance(v, tuple) and len(v) == 2 for v in got),
+               "return a tuple (mean loss, number of targets scored)")
+        (mean, count), _ = got
+        model.eval()
+        want, total = _sliding_ref(model, data, block, stride)
+        last = n - 1 - block
+        if count > total:
+            raise CheckFailed(f"{count} targets were scored, but there are {total} {where}: a later window scores "
+                              "only the targets past the end of the one before it, not all of its own")
+        if count < total and last % stride:
+            raise CheckFailed(f"{count} targets were scored, but there are {total} {where}: when the steps of "
+                              "stride miss the end, add one last window that ends at the end of data")
+        expect(count == total, f"{count} targets were scored, expected {total} (every target once) {where}")
+        expect(isinstance(mean, float), f"return the mean as a Python float (.item()), got {type(mean).__name__}")
+        expect(math.isclose(mean, want, rel_tol=1e-5),
+               f"the mean loss is {mean:.6f}, expected {want:.6f} {where}: each window scores its last "
+               "start + block_size - (targets scored so far) positions, the first window all of them")
+
+
 # ---- 6.9 / 6.10 / 6.11 checkpoints -------------------------------------------------------------
 
 def _capture_ref(generator=None) -> dict:
