@@ -8,7 +8,7 @@ RoPE model keep writing past its window without recomputing."""
 
 # %% auto #0
 __all__ = ['RMSNorm', 'rope_cos_sin', 'apply_rope', 'SwiGLU', 'repeat_kv', 'LlamaAttention', 'LlamaConfig', 'LlamaBlock',
-           'PostNormLlamaBlock', 'Llama', 'kv_cache_bytes', 'matched_llama_config', 'RollingKVCache']
+           'PostNormLlamaBlock', 'Llama', 'kv_cache_bytes', 'RollingKVCache', 'matched_llama_config']
 
 # %% ../notebooks/09_modern_llm.ipynb #ch09-004
 from dataclasses import dataclass, replace
@@ -235,7 +235,11 @@ class LlamaConfig:
 # %% ../notebooks/09_modern_llm.ipynb #ch09-052
 class LlamaBlock(nn.Module):
     """A Pre-norm Llama block: ``x + self_attn(input_layernorm(x))``, then
-    ``x + mlp(post_attention_layernorm(x))`` (Hugging Face's names, so the weights load by name)."""
+    ``x + mlp(post_attention_layernorm(x))`` (Hugging Face's names, so the weights load by name).
+
+    ``input_layernorm`` and ``post_attention_layernorm`` are ``RMSNorm(n_embd, config.norm_eps)``,
+    ``self_attn`` a ``LlamaAttention(config)``, ``mlp`` a ``SwiGLU(n_embd, hidden_dim)``, or
+    Chapter 5's ``MLP(n_embd, bias=False)`` when ``config.mlp == "gelu"``."""
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -246,11 +250,14 @@ class LlamaBlock(nn.Module):
                     else MLP(config.n_embd, bias=False))
 
     def forward(self, x, cos, sin, cache=None):
+        """x (B, T, n_embd) -> the same shape: attention, then the MLP, each on the RMSNorm of x
+        and added back to x. ``cache`` (one layer's) goes to the attention."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache=cache)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x
 
 
+# %% ../notebooks/09_modern_llm.ipynb #ch09-055
 class PostNormLlamaBlock(LlamaBlock):
     """The ablation: the same submodules, normalising after each residual sum (Post-norm)."""
 
@@ -275,7 +282,7 @@ class Llama(nn.Module):
 
     def __init__(self, config: LlamaConfig, block_cls: type = LlamaBlock):
         super().__init__()
-        if not isinstance(config, LlamaConfig):
+        if not hasattr(config, "n_kv_head"):              # a GPTConfig, say
             raise TypeError(f"Llama expects a LlamaConfig, got {type(config).__name__}")
         self.config = config
         self.model = nn.ModuleDict(dict(
@@ -316,10 +323,12 @@ class Llama(nn.Module):
         ``cache`` (a ``KVCache`` or ``RollingKVCache``) holds the keys and values of earlier tokens:
         ``idx`` is then the next tokens, at positions ``len(cache) ..``, and block i gets
         ``cache.layers[i]``. The model attends to at most ``block_size`` positions at once.
+        Embed, take ``self.rope`` of idx's positions (in x's dtype), run every block with them and
+        its layer cache, apply the final ``norm``.
         """
-        start = 0 if cache is None else len(cache)            # position of idx's first token
         held = 0 if cache is None else cache.layers[0].length  # positions attended besides idx
         _check_ids(self.config, idx, held)
+        start = 0 if cache is None else len(cache)            # position of idx's first token
         x = self.model.embed_tokens(idx)
         cos, sin = (t.to(x.dtype) for t in self.rope(start, idx.shape[1], idx.device))
         layers = [None] * len(self.model.layers) if cache is None else cache.layers
@@ -328,7 +337,9 @@ class Llama(nn.Module):
         return self.model.norm(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None):
-        """``(logits, loss)`` exactly as :meth:`gptlib.model.GPT.forward`."""
+        """``(logits, loss)`` exactly as :meth:`gptlib.model.GPT.forward`: logits (B, T, vocab_size)
+        from ``lm_head``; loss the mean cross-entropy over the positions whose target is not
+        ``IGNORE_INDEX``, or None without targets."""
         if targets is not None:
             _check_targets(idx, targets)
         logits = self.lm_head(self.hidden_states(idx, cache))
@@ -353,6 +364,11 @@ class Llama(nn.Module):
         The names are the same on both sides (``model.layers.0.self_attn.q_proj.weight``, ...);
         a tied model's ``lm_head.weight`` must equal ``model.embed_tokens.weight``. A key missing,
         left over, or of the wrong shape raises a ValueError naming it.
+
+        A tied model lists its head once (``named_parameters`` has no ``lm_head.weight``): take
+        ``lm_head.weight`` out of a tied state dict when it is there, and raise a ValueError when it
+        differs from the embedding. After the provided fit check, copy every tensor into its
+        parameter in place (the model keeps its Parameters, and so its tying).
         """
         model = cls(config)
         tensors = dict(state_dict)
@@ -385,16 +401,6 @@ def kv_cache_bytes(config, batch_size: int, T: int, bytes_per_value: int = 4) ->
 
 
 # %% ../notebooks/09_modern_llm.ipynb #ch09-071
-def matched_llama_config(target_params: int, **sizes) -> LlamaConfig:
-    """A LlamaConfig of ``sizes`` whose SwiGLU ``hidden_dim`` is chosen so that the model has as
-    close to ``target_params`` parameters as the width allows (the side by side's equal count)."""
-    config = LlamaConfig(**{**sizes, "hidden_dim": 1})
-    with torch.device("meta"):
-        base = Llama(config).num_parameters() - 3 * config.n_embd * config.n_layer
-    hidden = round((target_params - base) / (3 * config.n_embd * config.n_layer))
-    return replace(config, hidden_dim=max(1, hidden))
-
-
 class RollingKVCache(KVCache):
     """A KVCache that, once full, drops its oldest position instead of being emptied and refilled.
 
@@ -417,7 +423,9 @@ class RollingKVCache(KVCache):
 
     def next_input(self, idx: torch.Tensor) -> torch.Tensor:
         """An empty cache is filled with the last ``capacity`` tokens; after that only the newest
-        token is run, and a full cache first lets its oldest position go."""
+        token is run, and a full cache first lets its oldest position go: every layer's keys and
+        values move one slot towards the front (rotated keys stay as they are), its ``length``
+        drops by one, and ``dropped`` counts the position that left."""
         if len(self) == 0:
             return idx[:, -self.capacity:]
         if self.layers[0].length == self.capacity:
@@ -427,3 +435,19 @@ class RollingKVCache(KVCache):
                 layer.length -= 1
             self.dropped += 1
         return idx[:, -1:]
+
+
+# %% ../notebooks/09_modern_llm.ipynb #ch09-080c
+def matched_llama_config(target_params: int, **sizes) -> LlamaConfig:
+    """A LlamaConfig of ``sizes`` whose SwiGLU ``hidden_dim`` is chosen so that the model has as
+    close to ``target_params`` parameters as the width allows (the side by side's equal count).
+
+    Count the model at ``hidden_dim=1`` on the ``meta`` device (shapes, no memory); each unit of
+    width adds ``3 * n_embd`` parameters to each of the ``n_layer`` SwiGLUs; round to the nearest.
+    """
+    config = LlamaConfig(**{**sizes, "hidden_dim": 1})
+    with torch.device("meta"):
+        base = Llama(config).num_parameters() - 3 * config.n_embd * config.n_layer
+    hidden = round((target_params - base) / (3 * config.n_embd * config.n_layer))
+    return replace(config, hidden_dim=max(1, hidden))
+

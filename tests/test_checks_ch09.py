@@ -8,7 +8,8 @@ from gptlib import llama
 from gptlib.exercises import run_check
 
 REFERENCES = {"9.1": llama.RMSNorm, "9.2": llama.rope_cos_sin, "9.3": llama.apply_rope, "9.4": llama.SwiGLU,
-              "9.5": llama.repeat_kv, "9.6": llama.LlamaAttention, "9.7": llama.kv_cache_bytes}
+              "9.5": llama.repeat_kv, "9.6": llama.LlamaAttention, "9.7": llama.LlamaBlock, "9.8": llama.Llama, "9.9": llama.Llama,
+              "9.10": llama.kv_cache_bytes, "9.11": llama.RollingKVCache, "9.12": llama.matched_llama_config}
 
 
 @pytest.mark.parametrize("eid", sorted(REFERENCES))
@@ -26,7 +27,7 @@ class _NotDoneNorm(llama.RMSNorm):
 
 
 @pytest.mark.parametrize("eid, candidate", [
-    ("9.1", _NotDoneNorm), ("9.2", _not_done), ("9.3", _not_done), ("9.5", _not_done), ("9.7", _not_done)])
+    ("9.1", _NotDoneNorm), ("9.2", _not_done), ("9.3", _not_done), ("9.5", _not_done), ("9.10", _not_done), ("9.12", _not_done)])
 def test_a_placeholder_is_not_done(eid, candidate):
     assert run_check(eid, candidate).status == "not done"
 
@@ -191,11 +192,223 @@ def test_attention_placeholder_is_not_done():
     assert run_check("9.6", wrong).status == "not done"
 
 
-# ---- 9.7 the cache's memory --------------------------------------------------------------------
+# ---- 9.10 the cache's memory --------------------------------------------------------------------
 @pytest.mark.parametrize("candidate", [
     lambda c, B, T, b=4: 2 * c.n_layer * c.n_embd * T * B * b,                                 # every head
     lambda c, B, T, b=4: c.n_layer * c.n_kv_head * (c.n_embd // c.n_head) * T * B * b,         # keys only
     lambda c, B, T, b=4: 2 * c.n_layer * c.n_kv_head * (c.n_embd // c.n_head) * T * B * 4,     # ignores dtype
 ], ids=["no-gqa", "keys-only", "fixed-float32"])
 def test_cache_memory_mistakes(candidate):
-    _expect_failure("9.7", candidate, "your formula says")
+    _expect_failure("9.10", candidate, "your formula says")
+
+
+# ---- 9.7 the block -----------------------------------------------------------------------------
+def _block(forward=None, init=None):
+    body = {}
+    if forward:
+        body["forward"] = forward
+    if init:
+        body["__init__"] = init
+    return type("WrongBlock", (llama.LlamaBlock,), body)
+
+
+def _default_eps_init(self, config):
+    llama.LlamaBlock.__init__(self, config)
+    self.input_layernorm = llama.RMSNorm(config.n_embd)
+    self.post_attention_layernorm = llama.RMSNorm(config.n_embd)
+
+
+def _always_swiglu_init(self, config):
+    llama.LlamaBlock.__init__(self, config)
+    self.mlp = llama.SwiGLU(config.n_embd, config.hidden_dim)
+
+
+def _no_cache(self, x, cos, sin, cache=None):
+    x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _swapped(self, x, cos, sin, cache=None):
+    x = x + self.self_attn(self.post_attention_layernorm(x), cos, sin, cache=cache)
+    return x + self.mlp(self.input_layernorm(x))
+
+
+def _no_residual(self, x, cos, sin, cache=None):
+    x = self.self_attn(self.input_layernorm(x), cos, sin, cache=cache)
+    return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _parallel(self, x, cos, sin, cache=None):
+    return (x + self.self_attn(self.input_layernorm(x), cos, sin, cache=cache)
+            + self.mlp(self.post_attention_layernorm(x)))
+
+
+@pytest.mark.parametrize("candidate, words", [
+    (llama.PostNormLlamaBlock, "Post-norm"),
+    (_block(_swapped), "input_layernorm goes before the attention"),
+    (_block(_no_residual), "the residual"),
+    (_block(_parallel), "the MLP reads the sum after the attention"),
+    (_block(init=_default_eps_init), "config.norm_eps"),
+    (_block(_no_cache), "hand the cache"),
+    (_block(init=_always_swiglu_init), "Chapter 5's MLP"),
+], ids=["post-norm", "norms-swapped", "no-attn-residual", "parallel", "default-eps", "cache-dropped", "gelu-ignored"])
+def test_block_mistakes(candidate, words):
+    _expect_failure("9.7", candidate, words)
+
+
+def test_block_placeholder_is_not_done():
+    assert run_check("9.7", _block(lambda self, *a, **k: _not_done())).status == "not done"
+
+
+# ---- 9.8 the model -----------------------------------------------------------------------------
+def _model(**methods):
+    return type("WrongLlama", (llama.Llama,), methods)
+
+
+def _hidden(start_zero=False, final_norm=True, layer_caches=True):
+    def hidden_states(self, idx, cache=None):
+        start = 0 if cache is None or start_zero else len(cache)
+        x = self.model.embed_tokens(idx)
+        cos, sin = self.rope(start, idx.shape[1], idx.device)
+        layers = cache.layers if cache is not None and layer_caches else [None] * len(self.model.layers)
+        for block, layer_cache in zip(self.model.layers, layers):
+            x = block(x, cos, sin, cache=layer_cache)
+        return self.model.norm(x) if final_norm else x
+    return hidden_states
+
+
+def _untied_init(self, config, block_cls=llama.LlamaBlock):
+    llama.Llama.__init__(self, config, block_cls)
+    self.lm_head = torch.nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+
+def _shifted_forward(self, idx, targets=None, cache=None):
+    logits = self.lm_head(self.hidden_states(idx, cache))
+    if targets is None:
+        return logits, None
+    V = logits.size(-1)
+    return logits, F.cross_entropy(logits[:, :-1].reshape(-1, V), targets[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def _unflattened_forward(self, idx, targets=None, cache=None):
+    logits = self.lm_head(self.hidden_states(idx, cache))
+    return logits, None if targets is None else F.cross_entropy(logits, targets)
+
+
+@pytest.mark.parametrize("candidate, words", [
+    (_model(hidden_states=_hidden(final_norm=False)), "final norm"),
+    (_model(hidden_states=_hidden(start_zero=True)), "position len(cache)"),
+    (_model(hidden_states=_hidden(layer_caches=False)), "cache.layers[i]"),
+    (_model(__init__=_untied_init), "the head is the embedding's matrix"),
+    (_model(forward=_shifted_forward), "do not shift"),
+    (_model(forward=_unflattened_forward), "reshape both"),
+    (_model(next_token_logits=lambda self, idx, cache=None: self(idx, cache=cache)[0][:, 0]), "last position"),
+], ids=["no-final-norm", "angles-restart", "no-layer-caches", "untied-head", "shifted-targets", "no-reshape",
+        "first-position"])
+def test_model_mistakes(candidate, words):
+    _expect_failure("9.8", candidate, words)
+
+
+def test_model_placeholder_is_not_done():
+    assert run_check("9.8", _model(hidden_states=lambda self, *a, **k: _not_done())).status == "not done"
+    assert run_check("9.9", _model(from_hf_state_dict=classmethod(lambda cls, *a: _not_done()))).status == "not done"
+
+
+# ---- 9.9 loading Hugging Face weights ----------------------------------------------------------
+def _loader(pop="when-tied", compare=True, in_place=True, no_grad=True):
+    def from_hf_state_dict(cls, state_dict, config):
+        model = cls(config)
+        tensors = dict(state_dict)
+        if "lm_head.weight" in tensors and (pop == "when-present" or (pop == "when-tied" and config.tie_embeddings)):
+            head = tensors.pop("lm_head.weight")
+            if compare and not torch.equal(head, tensors["model.embed_tokens.weight"]):
+                raise ValueError("untied head")
+        elif pop == "no-default" and config.tie_embeddings:
+            tensors.pop("lm_head.weight")
+        params = dict(model.named_parameters())
+        if set(params) != set(tensors):
+            raise ValueError(f"keys: {sorted(set(params) ^ set(tensors))}")
+        with torch.no_grad() if no_grad else torch.enable_grad():
+            for key, param in params.items():
+                if in_place:
+                    param.copy_(tensors[key])
+                else:
+                    param = tensors[key]
+        return model
+    return _model(from_hf_state_dict=classmethod(from_hf_state_dict))
+
+
+@pytest.mark.parametrize("candidate, words", [
+    (_loader(pop="never"), "take lm_head.weight out first"),
+    (_loader(pop="when-present"), "only when the config ties"),
+    (_loader(pop="no-default"), "may leave lm_head.weight out"),
+    (_loader(compare=False), "raise a ValueError"),
+    (_loader(in_place=False), "param.copy_"),
+    (_loader(no_grad=False), "torch.no_grad()"),
+], ids=["head-left-in", "head-dropped-untied", "pop-without-default", "no-comparison", "not-in-place",
+        "grad-enabled"])
+def test_loading_mistakes(candidate, words):
+    _expect_failure("9.9", candidate, words)
+
+
+# ---- 9.11 the rolling cache --------------------------------------------------------------------
+def _rolling(next_input):
+    return type("WrongRolling", (llama.RollingKVCache,), {"next_input": next_input})
+
+
+def _roll(newest=False, values=True, count=True, layers="all", refill=False, prefill=True):
+    def next_input(self, idx):
+        if len(self) == 0:
+            return idx[:, -self.capacity:] if prefill else idx[:, -1:]
+        if self.layers[0].length == self.capacity:
+            if refill:
+                self.reset()
+                return idx[:, -self.capacity:]
+            for layer in (self.layers if layers == "all" else self.layers[:1]):
+                if newest:
+                    layer.keys[:, :, 1:] = layer.keys[:, :, :-1].clone()
+                else:
+                    layer.keys[:, :, :-1] = layer.keys[:, :, 1:].clone()
+                if values:
+                    layer.values[:, :, :-1] = layer.values[:, :, 1:].clone()
+                layer.length -= 1
+            self.dropped += count
+        return idx[:, -1:]
+    return _rolling(next_input)
+
+
+@pytest.mark.parametrize("candidate, words", [
+    (_roll(refill=True), "do not empty"),
+    (_roll(count=False), "self.dropped"),
+    (_roll(newest=True), "drop the oldest"),
+    (_roll(values=False), "roll the values"),
+    (_roll(prefill=False), "filled first"),
+    (_roll(layers="first"), "every layer"),
+], ids=["refill", "dropped-not-counted", "newest-dropped", "values-kept", "no-prefill", "first-layer-only"])
+def test_rolling_cache_mistakes(candidate, words):
+    _expect_failure("9.11", candidate, words)
+
+
+def test_rolling_cache_placeholder_is_not_done():
+    assert run_check("9.11", _rolling(lambda self, idx: _not_done())).status == "not done"
+
+
+# ---- 9.12 equal parameter counts ---------------------------------------------------------------
+def _matched(per_unit, base=True, rounding=round):
+    def matched_llama_config(target_params, **sizes):
+        config = llama.LlamaConfig(**{**sizes, "hidden_dim": 1})
+        with torch.device("meta"):
+            counted = llama.Llama(config).num_parameters() - 3 * config.n_embd * config.n_layer
+        hidden = rounding(((target_params - counted) if base else target_params) / per_unit(config))
+        return llama.replace(config, hidden_dim=max(1, hidden))
+    return matched_llama_config
+
+
+@pytest.mark.parametrize("candidate, words", [
+    (_matched(lambda c: 3 * c.n_embd), "every one of the n_layer blocks"),
+    (_matched(lambda c: 2 * c.n_embd * c.n_layer), "three matrices"),
+    (_matched(lambda c: 3 * c.n_embd * c.n_layer, base=False), "subtract what the model has"),
+    (_matched(lambda c: 3 * c.n_embd * c.n_layer, rounding=int), "not down"),
+], ids=["layers-forgotten", "two-matrices", "base-kept", "floor"])
+def test_matched_width_mistakes(candidate, words):
+    _expect_failure("9.12", candidate, words)

@@ -1,5 +1,6 @@
 """Chapter 9 checks: RMSNorm, RoPE, SwiGLU, the key/value head repetition, the attention of a
-Llama block and the KV cache's memory.
+Llama block, the block, the model and its weight loading, the KV cache's memory, the rolling
+cache and the matched width.
 
 Each check compares the learner's component with a small private reference kept here (never
 with ``gptlib.llama`` itself, which a learner's own export would be) and with exact properties
@@ -60,9 +61,12 @@ class _Cache:
 
 def _attention(att, x, start, theta, bug=None):
     """The reference attention of a LlamaAttention's weights (float64), with one named bug."""
-    B, T, _ = x.shape
-    H, K, d = att.n_head, att.n_kv_head, att.head_dim
     W = {n: getattr(att, n).weight.detach().double() for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    return _attention_w(W, att.n_head, att.n_kv_head, att.head_dim, x, start, theta, bug)
+
+
+def _attention_w(W, H, K, d, x, start, theta, bug=None):
+    B, T, _ = x.shape
     xd = x.double()
     q = (xd @ W["q_proj"].T).view(B, T, H, d).transpose(1, 2)
     k = (xd @ W["k_proj"].T).view(B, T, K, d).transpose(1, 2)
@@ -284,8 +288,8 @@ def _(LlamaAttention):
         expect(_close(torch.cat(pieces, 1), want, 1e-4), in_pieces)
 
 
-# ---- 9.7 the cache's memory --------------------------------------------------------------------
-@exercise("9.7", "The cache's memory, predicted", builds="gptlib.llama:kv_cache_bytes", tier="stretch",
+# ---- 9.10 the cache's memory --------------------------------------------------------------------
+@exercise("9.10", "The cache's memory, predicted", builds="gptlib.llama:kv_cache_bytes", tier="stretch",
           difficulty=2, importance=2)
 def _(kv_cache_bytes):
     from gptlib.llama import Llama, LlamaConfig     # the model only stores what the formula predicts
@@ -309,3 +313,341 @@ def _(kv_cache_bytes):
         expect(got == measured, f"{name}(n_layer={config.n_layer}, n_head={config.n_head}, n_kv_head="
                f"{getattr(config, 'n_kv_head', config.n_head)}, n_embd={config.n_embd}), batch {B}, {T} "
                f"positions, {size} bytes a value: the cache holds {measured} bytes, your formula says {got}")
+
+
+# ---- references of the block and the model (float64, from the candidate's own weights) ---------
+def _swiglu_w(sd, prefix, x):
+    gate, up = x @ sd[prefix + "gate_proj.weight"].T, x @ sd[prefix + "up_proj.weight"].T
+    return (F.silu(gate) * up) @ sd[prefix + "down_proj.weight"].T
+
+
+def _layer_ref(sd, p, x, cfg, start=0, eps=None, bug=None):
+    """One Pre-norm block of state dict ``sd`` (keys prefixed ``p``), with one named bug."""
+    eps = cfg.norm_eps if eps is None else eps
+    W = {n: sd[f"{p}self_attn.{n}.weight"] for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    attn = lambda h: _attention_w(W, cfg.n_head, cfg.n_kv_head, cfg.n_embd // cfg.n_head, h, start, cfg.rope_theta)
+    mlp = lambda h: _swiglu_w(sd, p + "mlp.", h)
+    n1 = lambda h: _rms(h, sd[p + "input_layernorm.weight"], eps)
+    n2 = lambda h: _rms(h, sd[p + "post_attention_layernorm.weight"], eps)
+    if bug == "swapped":
+        n1, n2 = n2, n1
+    if bug == "post_norm":
+        x = n1(x + attn(x))
+        return n2(x + mlp(x))
+    if bug == "no_attn_residual":
+        h = attn(n1(x))
+        return h + mlp(n2(h))
+    if bug == "parallel":
+        return x + attn(n1(x)) + mlp(n2(x))
+    h = x + attn(n1(x))
+    return h + mlp(n2(h))
+
+
+def _model_ref(model, idx, bug=None):
+    cfg = model.config
+    sd = {k: v.detach().double() for k, v in model.state_dict().items()}
+    x = sd["model.embed_tokens.weight"][idx]
+    for i in range(cfg.n_layer):
+        x = _layer_ref(sd, f"model.layers.{i}.", x, cfg)
+    if bug != "no_final_norm":
+        x = _rms(x, sd["model.norm.weight"], cfg.norm_eps)
+    return x @ sd["lm_head.weight"].T
+
+
+def _llama_shapes(cfg, head=True) -> dict:
+    """Hugging Face's names and shapes of a LlamaForCausalLM of ``cfg``."""
+    C, H, d = cfg.n_embd, cfg.hidden_dim, cfg.n_embd // cfg.n_head
+    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, C), "model.norm.weight": (C,)}
+    if head:
+        shapes["lm_head.weight"] = (cfg.vocab_size, C)
+    for i in range(cfg.n_layer):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (C,), p + "post_attention_layernorm.weight": (C,),
+                   p + "self_attn.q_proj.weight": (cfg.n_head * d, C),
+                   p + "self_attn.k_proj.weight": (cfg.n_kv_head * d, C),
+                   p + "self_attn.v_proj.weight": (cfg.n_kv_head * d, C),
+                   p + "self_attn.o_proj.weight": (C, cfg.n_head * d),
+                   p + "mlp.gate_proj.weight": (H, C), p + "mlp.up_proj.weight": (H, C),
+                   p + "mlp.down_proj.weight": (C, H)}
+    return shapes
+
+
+def _expect_names(module, want: dict, what: str):
+    got = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if got == want:
+        return
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    parts = ([f"missing {missing[:4]}"] if missing else []) + ([f"unexpected {unexpected[:4]}"] if unexpected else [])
+    parts += [f"{k} has shape {got[k]}, expected {want[k]}" for k in wrong[:3]]
+    raise CheckFailed(f"{what}: the parameters should carry Hugging Face's names and shapes; " + "; ".join(parts))
+
+
+def _randomize(module, g, scale=0.4):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def _small_config(**kw):
+    from gptlib.llama import LlamaConfig
+    sizes = dict(vocab_size=23, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=16, hidden_dim=24,
+                 rope_theta=50.0)
+    return LlamaConfig(**(sizes | kw))
+
+
+# ---- 9.7 the block -----------------------------------------------------------------------------
+@exercise("9.7", "The Llama block", builds="gptlib.llama:LlamaBlock", tier="core", difficulty=2, importance=3)
+def _(LlamaBlock):
+    g = torch.Generator().manual_seed(97)
+    for n_kv_head in (2, 1):
+        cfg = _small_config(n_kv_head=n_kv_head, norm_eps=0.3)
+        block = LlamaBlock(cfg)
+        shapes = {k.removeprefix("model.layers.0."): v for k, v in _llama_shapes(cfg, head=False).items()
+                  if k.startswith("model.layers.0.")}
+        _expect_names(block, shapes, f"LlamaBlock(n_kv_head={n_kv_head})")
+        _randomize(block, g)
+        x = torch.randn(2, 6, 16, generator=g) * 0.5
+        cos, sin = (t.float() for t in _cos_sin(4, 0, 6, cfg.rope_theta))
+        with torch.no_grad():
+            out = block(x, cos, sin)
+        sd = {k: v.detach().double() for k, v in block.state_dict().items()}
+        want = _layer_ref(sd, "", x.double(), cfg)
+        what = f" (n_kv_head={n_kv_head}, norm_eps={cfg.norm_eps})"
+        if not _close(out, want, 1e-4):
+            wrongs = {"that is Post-norm: Pre-norm normalises the input of each sublayer, "
+                      "x + self_attn(input_layernorm(x), ...)": _layer_ref(sd, "", x.double(), cfg, bug="post_norm"),
+                      "input_layernorm goes before the attention, post_attention_layernorm before the MLP":
+                          _layer_ref(sd, "", x.double(), cfg, bug="swapped"),
+                      "add the attention's output to x (the residual): x = x + self_attn(...)":
+                          _layer_ref(sd, "", x.double(), cfg, bug="no_attn_residual"),
+                      "the MLP reads the sum after the attention, not the block's input: update x first":
+                          _layer_ref(sd, "", x.double(), cfg, bug="parallel"),
+                      "the norms take config.norm_eps: RMSNorm(n_embd, config.norm_eps)":
+                          _layer_ref(sd, "", x.double(), cfg, eps=1e-6)}
+            raise CheckFailed((_which(out, wrongs, 1e-4) or "the output differs from "
+                               "x + self_attn(input_layernorm(x)), then + mlp(post_attention_layernorm(x))") + what)
+        cache, pieces = _Cache(), []
+        with torch.no_grad():
+            for a, b in ((0, 4), (4, 6)):
+                c, s = (t.float() for t in _cos_sin(4, a, b - a, cfg.rope_theta))
+                pieces.append(block(x[:, a:b], c, s, cache=cache))
+        expect(cache.length == 6 and _close(torch.cat(pieces, 1), want, 1e-4),
+               "run in two pieces with a cache, the block's output differs from one pass: hand the cache "
+               "to the attention, self.self_attn(..., cache=cache)" + what)
+    block = LlamaBlock(_small_config(mlp="gelu"))
+    expect(not hasattr(block.mlp, "gate_proj") and sum(p.numel() for p in block.mlp.parameters()) == 8 * 16 * 16,
+           "with config.mlp == 'gelu' the MLP is Chapter 5's MLP(n_embd, bias=False): 8 * n_embd**2 parameters")
+
+
+# ---- 9.8 the model -----------------------------------------------------------------------------
+@exercise("9.8", "The model's forward pass", builds="gptlib.llama:Llama", tier="core", difficulty=3, importance=3)
+def _(Llama):
+    from gptlib.model import IGNORE_INDEX
+    from gptlib.sampling import KVCache
+    g = torch.Generator().manual_seed(98)
+    for tie, n_kv_head in ((True, 2), (False, 1)):
+        cfg = _small_config(n_kv_head=n_kv_head, tie_embeddings=tie)
+        what = f" (tie_embeddings={tie}, n_kv_head={n_kv_head})"
+        model = Llama(cfg)
+        _expect_names(model, _llama_shapes(cfg), "Llama" + what)
+        head, emb = model.lm_head.weight, model.model.embed_tokens.weight
+        expect((head is emb) == tie, ("with tie_embeddings=True the head is the embedding's matrix: "
+                                      "self.lm_head.weight = self.model.embed_tokens.weight") if tie else
+               "with tie_embeddings=False the head has a matrix of its own: do not tie it")
+        expect(model.lm_head.bias is None, "lm_head is bias-free: nn.Linear(n_embd, vocab_size, bias=False)")
+        _randomize(model, g)
+        idx = torch.randint(0, cfg.vocab_size, (2, 9), generator=g)
+        targets = torch.randint(0, cfg.vocab_size, (2, 9), generator=g)
+        targets[0, :3] = IGNORE_INDEX
+        targets[1, -1] = IGNORE_INDEX
+        try:
+            with torch.no_grad():
+                logits, loss = model(idx, targets)
+        except NotImplementedError:
+            raise
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise CheckFailed(f"model(idx, targets) raised: {err}. F.cross_entropy takes logits (B * T, "
+                              "vocab_size) and targets (B * T,): reshape both" + what) from None
+        want = _model_ref(model, idx)
+        if not _close(logits, want, 1e-4):
+            hint = _which(logits, {"apply the final norm, self.model.norm, before the head":
+                                   _model_ref(model, idx, "no_final_norm")}, 1e-4)
+            raise CheckFailed((hint or "the logits differ from embed -> blocks (with the angles of positions "
+                               "0 .. T - 1) -> final norm -> lm_head") + what)
+        V = cfg.vocab_size
+        want_loss = F.cross_entropy(want.reshape(-1, V), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        if not (isinstance(loss, torch.Tensor) and loss.dim() == 0 and abs(loss.item() - want_loss.item()) < 1e-4):
+            shifted = F.cross_entropy(want[:, :-1].reshape(-1, V), targets[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+            if isinstance(loss, torch.Tensor) and loss.numel() == 1 and abs(loss.item() - shifted.item()) < 1e-4:
+                raise CheckFailed("targets are already the next tokens (targets[:, t] follows idx[:, t]): do not "
+                                  "shift them again" + what)
+            raise CheckFailed("the loss should be the mean cross-entropy of the logits over the targets that are "
+                              f"not IGNORE_INDEX ({IGNORE_INDEX}), one number" + what)
+        with torch.no_grad():
+            plain, none = model(idx)
+            last = model.next_token_logits(idx)
+        expect(none is None and _close(plain, want, 1e-4), "model(idx) without targets returns (logits, None)")
+        expect(_close(last, want[:, -1], 1e-4), "next_token_logits(idx) is the head on the last position only: "
+               "(B, vocab_size)" + what)
+        cache, pieces, start = KVCache(cfg.n_layer, 16), [], 0
+        with torch.no_grad():
+            for n in (4, 1, 4):
+                pieces.append(model(idx[:, start:start + n], cache=cache)[0])
+                start += n
+        expect(all(layer.length == 9 for layer in cache.layers),
+               "run in pieces through a KVCache, every layer's cache should hold 9 positions: hand block i "
+               "its layer's cache, cache.layers[i]" + what)
+        expect(_close(torch.cat(pieces, 1), want, 1e-4),
+               "run in pieces through a KVCache (4, 1, then 4 tokens), the logits differ from one pass: with "
+               "a cache, idx's first token sits at position len(cache), so the angles start there" + what)
+
+
+# ---- 9.9 loading Hugging Face weights ----------------------------------------------------------
+def _hf_state_dict(cfg, g, head):
+    """Random tensors under Hugging Face's names; head: 'tied' (a copy of the embedding), 'absent'
+    or 'own' (a matrix of its own)."""
+    sd = {k: torch.randn(shape, generator=g) for k, shape in _llama_shapes(cfg, head=False).items()}
+    if head == "tied":
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    elif head == "own":
+        sd["lm_head.weight"] = torch.randn(cfg.vocab_size, cfg.n_embd, generator=g)
+    return sd
+
+
+@exercise("9.9", "Load Hugging Face weights", builds="gptlib.llama:Llama", tier="core", difficulty=2, importance=3)
+def _(Llama):
+    g = torch.Generator().manual_seed(99)
+    hints = {(True, "tied"): "a tied model's state dict holds lm_head.weight too (equal to model.embed_tokens.weight), "
+                             "and named_parameters lists the shared matrix once: take lm_head.weight out first",
+             (True, "absent"): "a tied state dict may leave lm_head.weight out: take it out only when it is there",
+             (False, "own"): "an untied model (tie_embeddings=False) loads lm_head.weight as a matrix of its own: "
+                             "take it out only when the config ties the head"}
+    for (tie, head), hint in hints.items():
+        cfg = _small_config(tie_embeddings=tie)
+        sd = _hf_state_dict(cfg, g, head)
+        given = {k: v.clone() for k, v in sd.items()}
+        try:
+            model = Llama.from_hf_state_dict(sd, cfg)
+        except NotImplementedError:
+            raise
+        except (ValueError, KeyError) as err:
+            raise CheckFailed(f"{hint} (yours raised: {err})") from None
+        except RuntimeError as err:
+            raise CheckFailed("copy under torch.no_grad(): an in-place change of a Parameter that requires grad "
+                              f"raises otherwise (yours raised: {err})") from None
+        expect(set(sd) == set(given), "do not change the state dict you were given: work on a copy, dict(state_dict)")
+        state = model.state_dict()
+        differ = sorted(k for k in given if k in state and not torch.equal(state[k], given[k]))
+        expect(not differ, f"after loading, {differ[:3]} differ from the state dict's tensors: copy each tensor "
+               "into its parameter in place, param.copy_(tensors[key])")
+        if tie:
+            expect(model.lm_head.weight is model.model.embed_tokens.weight,
+                   "loading must keep the head tied: copy into the model's own Parameters, do not replace them")
+    cfg = _small_config(tie_embeddings=True)
+    try:
+        Llama.from_hf_state_dict(_hf_state_dict(cfg, g, "own"), cfg)
+    except ValueError:
+        return
+    raise CheckFailed("a tied config was given a state dict whose lm_head.weight differs from "
+                      "model.embed_tokens.weight, and loaded it: raise a ValueError (that checkpoint is untied)")
+
+
+# ---- 9.11 the rolling cache --------------------------------------------------------------------
+def _store(cache, positions):
+    """What a model's layers would store: keys that hold their position (and the layer), values minus that."""
+    k = torch.tensor(positions, dtype=torch.float32).view(1, 1, -1, 1).expand(1, 2, -1, 3)
+    for i, layer in enumerate(cache.layers):
+        layer.update(k + 1000 * i, -(k + 1000 * i))
+
+
+@exercise("9.11", "A cache that rolls", builds="gptlib.llama:RollingKVCache", tier="core", difficulty=2,
+          importance=2)
+def _(RollingKVCache):
+    cap, n_layer = 4, 2
+    idx = torch.arange(100, 112)[None]                      # token 100 + p sits at position p
+    short = RollingKVCache(n_layer, cap)
+    expect(torch.equal(short.next_input(idx[:, :2]), idx[:, :2]),
+           "an empty cache is filled first, with the prompt: idx[:, -capacity:] (all of it when it fits)")
+    cache = RollingKVCache(n_layer, cap)
+    first = cache.next_input(idx[:, :6])
+    expect(torch.equal(first, idx[:, 2:6]), "an empty cache is filled first: it runs the last `capacity` "
+           f"tokens, idx[:, -capacity:] (a prompt of 6 tokens, capacity {cap})")
+    _store(cache, list(range(cap)))
+    for step in range(5):
+        seen = cap + step
+        out = cache.next_input(idx[:, :seen + 1])
+        lengths = [layer.length for layer in cache.layers]
+        expect(0 not in lengths, "do not empty a full cache: drop its oldest position and keep the others "
+               "(their keys are already rotated by their own positions)")
+        expect(lengths == [cap - 1] * n_layer, f"a full cache lets one position go in every layer: after it, "
+               f"each layer.length should be {cap - 1}; got {lengths}")
+        held = list(range(step + 1, step + cap))
+        keys = cache.layers[1].keys[0, 0, :cap - 1, 0].tolist()
+        if keys != [1000 + p for p in held]:
+            expect(keys[0] != 1000 + step, "drop the oldest position (slot 0): move keys[:, :, 1:] to "
+                   "keys[:, :, :-1], so that the newest slot is the one freed")
+            raise CheckFailed(f"after rolling, the cache should hold the keys of positions {held}; it holds "
+                              f"{[k - 1000 for k in keys]}")
+        expect(cache.layers[1].values[0, 0, :cap - 1, 0].tolist() == [-(1000 + p) for p in held],
+               "roll the values with the keys: every layer's values move one slot too")
+        expect(torch.equal(out, idx[:, seen:seen + 1]), "after the first call only the newest token runs: idx[:, -1:]")
+        expect(len(cache) == seen, f"len(cache) counts every position seen ({seen} here), the dropped ones "
+               f"included: add one to self.dropped per position that leaves; got {len(cache)}")
+        _store(cache, [seen])
+    # a one-layer model: rolling computes the last window exactly
+    from gptlib.llama import Llama
+    torch.manual_seed(1)
+    model = Llama(_small_config(n_layer=1, block_size=6)).eval()
+    tokens, cache = torch.tensor([[1, 2, 3]]), RollingKVCache(1, 6)
+    with torch.no_grad():
+        for _ in range(10):
+            logits = model.next_token_logits(cache.next_input(tokens), cache=cache)
+            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], 1)
+        cropped = model.next_token_logits(tokens[:, :-1][:, -6:])
+    expect(_close(logits, cropped, 1e-4), "a one-layer Llama decoding past its window with your cache should give "
+           "the logits of the last window run from scratch")
+
+
+# ---- 9.12 equal parameter counts ---------------------------------------------------------------
+def _count(cfg) -> int:
+    C, d = cfg.n_embd, cfg.n_embd // cfg.n_head
+    layer = 2 * C * cfg.n_head * d + 2 * C * cfg.n_kv_head * d + 3 * C * cfg.hidden_dim + 2 * C
+    return cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2) + cfg.n_layer * layer + C
+
+
+@exercise("9.12", "Equal parameter counts", builds="gptlib.llama:matched_llama_config", tier="warm-up",
+          difficulty=2, importance=1)
+def _(matched_llama_config):
+    import math
+    from dataclasses import replace
+    cases = [(37, dict(vocab_size=65, block_size=32, n_layer=4, n_head=4, n_kv_head=2, n_embd=64)),
+             (90, dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_kv_head=1, n_embd=32,
+                       tie_embeddings=False)),
+             (13, dict(vocab_size=30, block_size=8, n_layer=3, n_head=4, n_kv_head=4, n_embd=16))]
+    for width, sizes in cases:
+        cfg0 = _small_config(**(sizes | {"hidden_dim": 1}))
+        unit = 3 * cfg0.n_embd * cfg0.n_layer
+        base = _count(cfg0) - unit                      # the count without any SwiGLU width
+        target = base + int(unit * (width + 0.7))       # the best width is width + 1
+        cfg = matched_llama_config(target, **sizes)
+        expect(all(getattr(cfg, k) == v for k, v in sizes.items()),
+               f"matched_llama_config({target}, **sizes) should keep every size it was given: {sizes}")
+        got = cfg.hidden_dim
+        if got == width + 1:
+            continue
+        C, L = cfg0.n_embd, cfg0.n_layer
+        wrongs = {"each unit of width adds 3 * n_embd parameters in every one of the n_layer blocks":
+                      round((target - base) / (3 * C)),
+                  "SwiGLU has three matrices: a unit of width costs 3 * n_embd per layer":
+                      round((target - base) / (2 * C * L)),
+                  "subtract what the model has without its SwiGLU width (counted at hidden_dim=1, less one unit)":
+                      round(target / unit),
+                  "round to the nearest width, not down": math.floor((target - base) / unit)}
+        hint = next((h for h, w in wrongs.items() if w == got and w != width + 1), None)
+        raise CheckFailed(hint or f"for {target:,} parameters with {sizes} the width should be {width + 1} "
+                          f"({_count(replace(cfg0, hidden_dim=width + 1)):,} parameters); got hidden_dim={got}")
