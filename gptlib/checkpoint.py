@@ -100,13 +100,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def best_checkpoint_path(path: str | Path) -> Path:
     """Where ``keep_best`` writes the checkpoint with the lowest validation loss: beside the
-    run's checkpoint, ``ckpt.pt`` -> ``ckpt.best.pt``."""
+    run's checkpoint, ``ckpt.pt`` -> ``ckpt.best.pt`` (any folder, stem and suffix)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.best{path.suffix}")
 
 
 def _model_config(model: nn.Module) -> dict | None:
-    """The model's config as a dict (a GPT's :class:`GPTConfig`), or None for a model without one."""
+    """The model's config as a dict (a GPT's :class:`GPTConfig`, a dataclass in ``model.config``),
+    or None for a model without one."""
     config = getattr(model, "config", None)
     return asdict(config) if is_dataclass(config) else None
 
@@ -168,6 +169,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _config_mismatch(saved: dict | None, current: dict | None) -> list[str]:
+    """One line per field where the config saved and the model's differ, ``"name: checkpoint 32,
+    model 64"`` (a field missing on one side counts as None there), in field-name order. When
+    only one side has a config (the other is None), one line ``"model config: checkpoint ...,
+    model ..."``; when neither has one, they do not differ."""
     if saved is None or current is None:
         return [] if saved == current else [f"model config: checkpoint {saved!r}, model {current!r}"]
     return [f"{k}: checkpoint {saved.get(k)!r}, model {current.get(k)!r}"

@@ -358,17 +358,27 @@ save_the_next_step = _save_but(step=lambda payload, args: payload["step"] + 1)
 save_without_the_history = _save_but(history=None)
 
 
-def _saver_with_an_unwrap(name, *edits):
-    """save_checkpoint calling gptlib's unwrap with ``edits`` applied."""
+def _calling_a_slipped(func, helper, name, *edits):
+    """``func`` (gptlib.checkpoint's) calling its ``helper`` with ``edits`` applied."""
     namespace = dict(vars(gptlib.checkpoint))
-    _edited(gptlib.checkpoint.unwrap, name, *edits, namespace=namespace)
-    return _edited(gptlib.checkpoint.save_checkpoint, name, namespace=namespace)
+    _edited(helper, name, *edits, namespace=namespace)
+    return _edited(func, name, namespace=namespace)
 
 
 save_without_unwrapping = _edited(gptlib.checkpoint.save_checkpoint, "save_without_unwrapping",
                                   ("    model = unwrap(model)\n", ""))
-save_unwrapping_once = _saver_with_an_unwrap("save_unwrapping_once", ("    while True:\n", "    for _ in range(1):\n"),
+save_unwrapping_once = _calling_a_slipped(gptlib.checkpoint.save_checkpoint, gptlib.checkpoint.unwrap,
+                                          "save_unwrapping_once", ("    while True:\n", "    for _ in range(1):\n"),
                                              ("            return model\n", "            return model\n    return model\n"))
+save_the_model_config_object = _calling_a_slipped(
+    gptlib.checkpoint.save_checkpoint, gptlib.checkpoint._model_config, "save_the_model_config_object",
+    ("return asdict(config) if is_dataclass(config) else None", "return config"))
+load_listing_every_field = _calling_a_slipped(
+    gptlib.checkpoint.load_checkpoint, gptlib.checkpoint._config_mismatch, "load_listing_every_field",
+    (" if saved.get(k) != current.get(k)]", "]"))
+load_trusting_a_missing_config = _calling_a_slipped(
+    gptlib.checkpoint.load_checkpoint, gptlib.checkpoint._config_mismatch, "load_trusting_a_missing_config",
+    ("return [] if saved == current else", "return [] if True else"))
 save_the_config_object = _edited(gptlib.checkpoint.save_checkpoint, "save_the_config_object",
                                  ("    if is_dataclass(train_config):\n        train_config = asdict(train_config)\n", ""))
 
@@ -674,6 +684,9 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.11", save_the_config_object, "asdict"),
     ("6.12", HistoryForgettingTheSavedValues, "not the same History again"),
     ("6.12", HistoryFailingOnNone, "return an empty History"),
+    ("6.11", save_the_model_config_object, "as a dict"),
+    ("6.16", load_listing_every_field, "and only those"),
+    ("6.16", load_trusting_a_missing_config, "only one side has a config"),
     ("6.12", HistoryWithTheLastLoss, "the last validation loss"),
     ("6.12", HistoryWithTheIndex, "the position in val_loss"),
     ("6.12", HistoryWithTheLastTie, "the last of the tied"),

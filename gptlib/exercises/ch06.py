@@ -832,6 +832,7 @@ def _(candidate):
                f"the resumed run ends with other weights than the uninterrupted one {where}")
     # a compiled model inside a DDP-like wrapper, and a dataclass config: the plain model's weights, a dict
     inner = _Noisy(0)
+    inner.config = _RunConfig(lr=0.2, steps=1)
     wrapped = _Wrapper(_Wrapper(inner))
     where = "(a model wrapped twice, as torch.compile wraps in ._orig_mod, and a dataclass train_config)"
     with tempfile.TemporaryDirectory() as tmp:
@@ -846,19 +847,30 @@ def _(candidate):
     expect(keys == sorted(inner.state_dict()),
            f"the weights are saved under the names {keys[:2]}... {where}: a wrapper's names do not load into a "
            "plain model; save the model inside every wrapper (unwrap until none is left)")
+    expect(payload["model_config"] == {"lr": 0.2, "steps": 1},
+           f"'model_config' is {payload['model_config']!r} {where}, the plain model's config is _RunConfig(lr=0.2, "
+           "steps=1): store _model_config(model), the dataclass in model.config as a dict")
     expect(payload["train_config"] == {"lr": 0.1, "steps": 3},
            f"'train_config' is {payload['train_config']!r} {where}: a dataclass goes in as asdict(train_config)")
 
 
 # ---- load_checkpoint: the restore -----------------------------------------------------------
 
-def _private_checkpoint(path, model, optimizer, step, generator):
+def _private_checkpoint(path, model, optimizer, step, generator, model_config=None):
     """A checkpoint file in save_checkpoint's documented format, written here."""
     torch.save({"format": "gptlib-checkpoint", "version": 1, "torch_version": str(torch.__version__),
-                "step": step, "model_config": None, "train_config": None,
+                "step": step, "model_config": model_config, "train_config": None,
                 "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "rng": _capture_ref(generator), "history": None,
-                "extra": {}}, path)
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "rng": _capture_ref(generator), "history": None, "extra": {}}, path)
+
+
+def _load_refusal(candidate, path, model) -> str | None:
+    try:
+        candidate(path, model)
+    except ValueError as err:       # CheckpointError is a ValueError
+        return str(err)
+    return None
 
 
 @exercise("6.16", "Resume from a checkpoint", builds="gptlib.checkpoint:load_checkpoint",
@@ -911,6 +923,23 @@ def _(candidate):
         expect(before + after == losses,
                f"the run resumed with your load_checkpoint gives the losses {[round(v, 4) for v in after]}, the "
                f"uninterrupted run {[round(v, 4) for v in losses[split:]]} {where}")
+    # a checkpoint for another configuration: refused, with the fields that differ
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt.pt"
+        _private_checkpoint(path, _Noisy(0), None, 1, None, model_config={"lr": 0.1, "steps": 2})
+        other = _Noisy(0)
+        other.config = _RunConfig(lr=0.3, steps=2)
+        where = "(a checkpoint saved from a model with config lr=0.1, steps=2, loaded into one with lr=0.3, steps=2)"
+        refusal = _load_refusal(candidate, path, other)
+        expect(refusal is not None, f"it loaded without complaint {where}: compare the configs first, "
+                                    "_config_mismatch(payload['model_config'], _model_config(model))")
+        expect("lr: checkpoint 0.1, model 0.3" in refusal and "steps" not in refusal,
+               f"the error says {refusal!r} {where}: name each field that differs, 'lr: checkpoint 0.1, model 0.3', "
+               "and only those (a config is a dataclass: _model_config gives asdict(model.config))")
+        refusal = _load_refusal(candidate, path, _Noisy(0))
+        expect(refusal is not None and "model config" in refusal,
+               "a checkpoint saved from a model with a config loaded into a model without one without complaint: "
+               "when only one side has a config, say so ('model config: checkpoint ..., model None')")
 
 
 # ---- 6.12 the best evaluation -----------------------------------------------------------------
