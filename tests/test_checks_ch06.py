@@ -298,7 +298,7 @@ def evaluate_full_that_leaves_eval_mode_on(model, data, block_size, batch_size=3
     return result
 
 
-# ---- 6.9 / 6.10 random states ---------------------------------------------------------------
+# ---- 6.10 / 6.11 random states ---------------------------------------------------------------
 
 def capture_without_numpy(generator=None):
     state = _rng_state(generator)
@@ -336,7 +336,7 @@ restore_without_the_batch_generator = _restore_but({"generator"})
 restore_without_python = _restore_but({"python"})
 
 
-# ---- 6.11 save_checkpoint -------------------------------------------------------------------
+# ---- 6.12 save_checkpoint -------------------------------------------------------------------
 
 def _save_but(**changes):
     def save(path, model, optimizer=None, step=0, train_config=None, generator=None, history=None, extra=None):
@@ -395,7 +395,7 @@ class HistoryFailingOnNone(History):
         return cls(**values)
 
 
-# ---- 6.12 History.best_val / best_step ----------------------------------------------------
+# ---- 6.14 History.best_val / best_step ----------------------------------------------------
 
 class HistoryWithTheLastLoss(History):
     @property
@@ -423,7 +423,7 @@ class HistoryFailingBeforeTheFirstEvaluation(History):
         return min(self.val_loss)
 
 
-# ---- 6.13 draw_batch ----------------------------------------------------------------------
+# ---- 6.15 draw_batch ----------------------------------------------------------------------
 
 def draw_only_my_own_rows(data, block_size, batch_size, generator, dist_info=DistInfo(), device=None):
     return get_batch(data, block_size, batch_size, generator=generator)
@@ -439,7 +439,7 @@ def draw_the_same_first_rows_everywhere(data, block_size, batch_size, generator,
     return x[:batch_size], y[:batch_size]
 
 
-# ---- 6.16 load_checkpoint ----------------------------------------------------------------------
+# ---- 6.13 load_checkpoint ----------------------------------------------------------------------
 
 def _loader(weights=True, optimizer_state=True, rng=True, generator=True, obey=True, give_back=True):
     def load(path, model=None, optimizer=None, generator_=None, restore_rng=True, map_location="cpu"):
@@ -478,7 +478,7 @@ def load_returning_nothing(*a, **k):
     return _loader(give_back=False)(*a, **k)
 
 
-# ---- 6.17 load_text_data: gptlib's with one slip each --------------------------------------
+# ---- 6.19 load_text_data: gptlib's with one slip each --------------------------------------
 
 def _data_loader_with(name, *edits):
     return _edited(gptlib.training.load_text_data, name, *edits)
@@ -494,7 +494,7 @@ DATA_SLIPS = {name: _data_loader_with(name, *edits) for name, edits in {
 }.items()}
 
 
-# ---- 6.6 with float16's scaler, and 6.18 precision: gptlib's with one slip each ----------------
+# ---- 6.6 with float16's scaler, and 6.9 precision: gptlib's with one slip each ----------------
 
 def _step_with(name, *edits):
     return _edited(gptlib.training.train_step, name, *edits)
@@ -527,7 +527,7 @@ PRECISION_SLIPS = {name: _precision_with(name, *edits) for name, edits in {
 }.items()}
 
 
-# ---- 6.19 _setup_distributed: gptlib's with one slip each -----------------------------------
+# ---- 6.16 _setup_distributed: gptlib's with one slip each -----------------------------------
 
 SETUP_SLIPS = {name: _edited(gptlib.training._setup_distributed, name, *edits) for name, edits in {
     "setup_with_the_local_rank_as_rank": [('rank, local_rank = int(os.environ["RANK"])', 'rank, local_rank = int(os.environ.get("LOCAL_RANK", "0"))')],
@@ -538,7 +538,7 @@ SETUP_SLIPS = {name: _edited(gptlib.training._setup_distributed, name, *edits) f
 }.items()}
 
 
-# ---- 6.20 evaluate_sliding: gptlib's with one slip each -------------------------------------
+# ---- 6.18 evaluate_sliding: gptlib's with one slip each -------------------------------------
 
 SLIDING_SLIPS = {name: _edited(gptlib.training.evaluate_sliding, name, *edits) for name, edits in {
     "sliding_scoring_whole_windows": [("                new = start + block_size - scored\n",
@@ -549,7 +549,7 @@ SLIDING_SLIPS = {name: _edited(gptlib.training.evaluate_sliding, name, *edits) f
 }.items()}
 
 
-# ---- 6.14 the training loop: gptlib's train with one slip each -----------------------------
+# ---- 6.17 the training loop: gptlib's train with one slip each -----------------------------
 
 def _train_with(name, *edits):
     """gptlib.training.train with each ``(old, new)`` of ``edits`` applied to its source."""
@@ -595,7 +595,7 @@ _TRAIN_SLIPS = {  # name: the (old, new) edits of gptlib's train that make the s
 TRAIN_SLIPS = {name: _train_with(name, *edits) for name, edits in _TRAIN_SLIPS.items()}
 
 
-# ---- 6.15 stretch: the settings ------------------------------------------------------------
+# ---- 6.20 stretch: the settings ------------------------------------------------------------
 
 def budget_reference():
     return {"lr": 3e-2, "warmup_steps": 5}
@@ -620,11 +620,11 @@ def budget_warmup_past_the_budget():
 # ---- the table -----------------------------------------------------------------------------
 
 PASSING = [("6.1", perplexity), ("6.2", bits_per_char), ("6.3", param_groups), ("6.4", configure_optimizer),
-           ("6.5", lr_at), ("6.6", train_step), ("6.7", evaluate), ("6.8", evaluate_full), ("6.9", _rng_state),
-           ("6.10", _set_rng_state), ("6.11", save_checkpoint), ("6.12", History), ("6.13", draw_batch),
-           ("6.14", train), ("6.15", budget_reference), ("6.16", load_checkpoint),
-           ("6.17", gptlib.training.load_text_data), ("6.18", gptlib.training.resolve_precision),
-           ("6.19", gptlib.training._setup_distributed), ("6.20", gptlib.training.evaluate_sliding)]
+           ("6.5", lr_at), ("6.6", train_step), ("6.7", evaluate), ("6.8", evaluate_full), ("6.10", _rng_state),
+           ("6.11", _set_rng_state), ("6.12", save_checkpoint), ("6.14", History), ("6.15", draw_batch),
+           ("6.17", train), ("6.20", budget_reference), ("6.13", load_checkpoint),
+           ("6.19", gptlib.training.load_text_data), ("6.9", gptlib.training.resolve_precision),
+           ("6.16", gptlib.training._setup_distributed), ("6.18", gptlib.training.evaluate_sliding)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.1", perplexity_in_base_2, "not 2 ** loss"),
@@ -668,88 +668,88 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.8", evaluate_full_counting_windows, "number of windows"),
     ("6.8", evaluate_full_in_train_mode, "model.eval()"),
     ("6.8", evaluate_full_that_leaves_eval_mode_on, "model.train(was_training)"),
-    ("6.9", capture_without_numpy, "'numpy' entry"),
-    ("6.9", capture_with_numpys_own_tuple, "weights_only=True"),
-    ("6.9", capture_without_the_batch_generator, "'generator' entry"),
-    ("6.9", capture_a_fresh_torch_state, "torch's CPU generator"),
-    ("6.10", restore_without_torch, "restore state['torch']"),
-    ("6.10", restore_without_the_batch_generator, "restore state['generator']"),
-    ("6.10", restore_without_python, "restore state['python']"),
-    ("6.11", save_without_the_optimizer, "AdamW's moments"),
-    ("6.11", save_without_the_batch_generator, "batch generator's state"),
-    ("6.11", save_the_next_step, "'step' is"),
-    ("6.11", save_without_the_history, "history.to_dict()"),
-    ("6.11", save_without_unwrapping, "save the model inside every wrapper"),
-    ("6.11", save_unwrapping_once, "save the model inside every wrapper"),
-    ("6.11", save_the_config_object, "asdict"),
-    ("6.12", HistoryForgettingTheSavedValues, "not the same History again"),
-    ("6.12", HistoryFailingOnNone, "return an empty History"),
-    ("6.11", save_the_model_config_object, "as a dict"),
-    ("6.16", load_listing_every_field, "and only those"),
-    ("6.16", load_trusting_a_missing_config, "only one side has a config"),
-    ("6.12", HistoryWithTheLastLoss, "the last validation loss"),
-    ("6.12", HistoryWithTheIndex, "the position in val_loss"),
-    ("6.12", HistoryWithTheLastTie, "the last of the tied"),
-    ("6.12", HistoryFailingBeforeTheFirstEvaluation, "before the first evaluation"),
-    ("6.13", draw_only_my_own_rows, "one global batch"),
-    ("6.13", draw_every_world_size_th_row, "rows r * batch_size"),
-    ("6.13", draw_the_same_first_rows_everywhere, "the same windows"),
-    ("6.14", TRAIN_SLIPS["train_evaluating_after_the_step"], "evaluate before the step"),
-    ("6.14", TRAIN_SLIPS["train_stepping_one_ahead"], "one step ahead"),
-    ("6.14", TRAIN_SLIPS["train_without_the_final_evaluation"], "no evaluation at the end"),
-    ("6.14", TRAIN_SLIPS["train_evaluating_at_the_end_of_a_stopped_run"], "stopped early by until_step"),
-    ("6.14", TRAIN_SLIPS["train_evaluating_at_step_0_always"], "not at step 0"),
-    ("6.14", TRAIN_SLIPS["train_scoring_the_hook_in_train_mode"], "in train mode"),
-    ("6.14", TRAIN_SLIPS["train_scoring_the_hook_with_gradients"], "torch.no_grad()"),
-    ("6.14", TRAIN_SLIPS["train_evaluating_with_the_run_seed"], "seed=config.seed + 1"),
-    ("6.14", TRAIN_SLIPS["train_with_the_default_betas"], "the training losses differ"),
-    ("6.14", TRAIN_SLIPS["train_recording_the_peak_rate"], "record optimizer.param_groups[0]['lr']"),
-    ("6.14", TRAIN_SLIPS["train_counting_steps_from_1"], "record every step's number"),
-    ("6.14", TRAIN_SLIPS["train_resuming_from_step_0"], "continue at payload['step']"),
-    ("6.14", TRAIN_SLIPS["train_with_an_unseeded_generator"], "generator seeded with config.seed"),
-    ("6.14", TRAIN_SLIPS["train_saving_the_step_just_taken"], "save the run as it continues, at step s + 1"),
-    ("6.14", TRAIN_SLIPS["train_saving_without_flushing"], "flush() before saving"),
-    ("6.14", TRAIN_SLIPS["train_without_the_final_save"], "did not end saved"),
-    ("6.14", TRAIN_SLIPS["train_keeping_every_evaluation_as_best"], "only when val is below history.best_val"),
-    ("6.14", TRAIN_SLIPS["train_comparing_after_recording"], "no best checkpoint"),
-    ("6.16", load_without_the_weights, "load payload['model']"),
-    ("6.16", load_without_the_optimizer, "AdamW's moments"),
-    ("6.16", load_without_the_random_states, "restore every random state"),
-    ("6.16", load_without_the_batch_generator, "give the generator to _set_rng_state"),
-    ("6.16", load_restoring_the_rng_always, "only when restore_rng"),
-    ("6.16", load_returning_nothing, "return the checkpoint's dict"),
-    ("6.17", DATA_SLIPS["data_ignoring_max_chars"], "first max_chars characters"),
-    ("6.17", DATA_SLIPS["data_cut_after_the_tokenizer"], "after the max_chars cut"),
-    ("6.17", DATA_SLIPS["data_bpe_of_the_default_size"], "trained to bpe_vocab_size"),
-    ("6.17", DATA_SLIPS["data_always_char"], "asks for a BPETokenizer"),
-    ("6.17", DATA_SLIPS["data_split_at_the_default_fraction"], "train_val_split(ids, data['val_fraction'])"),
+    ("6.10", capture_without_numpy, "'numpy' entry"),
+    ("6.10", capture_with_numpys_own_tuple, "weights_only=True"),
+    ("6.10", capture_without_the_batch_generator, "'generator' entry"),
+    ("6.10", capture_a_fresh_torch_state, "torch's CPU generator"),
+    ("6.11", restore_without_torch, "restore state['torch']"),
+    ("6.11", restore_without_the_batch_generator, "restore state['generator']"),
+    ("6.11", restore_without_python, "restore state['python']"),
+    ("6.12", save_without_the_optimizer, "AdamW's moments"),
+    ("6.12", save_without_the_batch_generator, "batch generator's state"),
+    ("6.12", save_the_next_step, "'step' is"),
+    ("6.12", save_without_the_history, "history.to_dict()"),
+    ("6.12", save_without_unwrapping, "save the model inside every wrapper"),
+    ("6.12", save_unwrapping_once, "save the model inside every wrapper"),
+    ("6.12", save_the_config_object, "asdict"),
+    ("6.14", HistoryForgettingTheSavedValues, "not the same History again"),
+    ("6.14", HistoryFailingOnNone, "return an empty History"),
+    ("6.12", save_the_model_config_object, "as a dict"),
+    ("6.13", load_listing_every_field, "and only those"),
+    ("6.13", load_trusting_a_missing_config, "only one side has a config"),
+    ("6.14", HistoryWithTheLastLoss, "the last validation loss"),
+    ("6.14", HistoryWithTheIndex, "the position in val_loss"),
+    ("6.14", HistoryWithTheLastTie, "the last of the tied"),
+    ("6.14", HistoryFailingBeforeTheFirstEvaluation, "before the first evaluation"),
+    ("6.15", draw_only_my_own_rows, "one global batch"),
+    ("6.15", draw_every_world_size_th_row, "rows r * batch_size"),
+    ("6.15", draw_the_same_first_rows_everywhere, "the same windows"),
+    ("6.17", TRAIN_SLIPS["train_evaluating_after_the_step"], "evaluate before the step"),
+    ("6.17", TRAIN_SLIPS["train_stepping_one_ahead"], "one step ahead"),
+    ("6.17", TRAIN_SLIPS["train_without_the_final_evaluation"], "no evaluation at the end"),
+    ("6.17", TRAIN_SLIPS["train_evaluating_at_the_end_of_a_stopped_run"], "stopped early by until_step"),
+    ("6.17", TRAIN_SLIPS["train_evaluating_at_step_0_always"], "not at step 0"),
+    ("6.17", TRAIN_SLIPS["train_scoring_the_hook_in_train_mode"], "in train mode"),
+    ("6.17", TRAIN_SLIPS["train_scoring_the_hook_with_gradients"], "torch.no_grad()"),
+    ("6.17", TRAIN_SLIPS["train_evaluating_with_the_run_seed"], "seed=config.seed + 1"),
+    ("6.17", TRAIN_SLIPS["train_with_the_default_betas"], "the training losses differ"),
+    ("6.17", TRAIN_SLIPS["train_recording_the_peak_rate"], "record optimizer.param_groups[0]['lr']"),
+    ("6.17", TRAIN_SLIPS["train_counting_steps_from_1"], "record every step's number"),
+    ("6.17", TRAIN_SLIPS["train_resuming_from_step_0"], "continue at payload['step']"),
+    ("6.17", TRAIN_SLIPS["train_with_an_unseeded_generator"], "generator seeded with config.seed"),
+    ("6.17", TRAIN_SLIPS["train_saving_the_step_just_taken"], "save the run as it continues, at step s + 1"),
+    ("6.17", TRAIN_SLIPS["train_saving_without_flushing"], "flush() before saving"),
+    ("6.17", TRAIN_SLIPS["train_without_the_final_save"], "did not end saved"),
+    ("6.17", TRAIN_SLIPS["train_keeping_every_evaluation_as_best"], "only when val is below history.best_val"),
+    ("6.17", TRAIN_SLIPS["train_comparing_after_recording"], "no best checkpoint"),
+    ("6.13", load_without_the_weights, "load payload['model']"),
+    ("6.13", load_without_the_optimizer, "AdamW's moments"),
+    ("6.13", load_without_the_random_states, "restore every random state"),
+    ("6.13", load_without_the_batch_generator, "give the generator to _set_rng_state"),
+    ("6.13", load_restoring_the_rng_always, "only when restore_rng"),
+    ("6.13", load_returning_nothing, "return the checkpoint's dict"),
+    ("6.19", DATA_SLIPS["data_ignoring_max_chars"], "first max_chars characters"),
+    ("6.19", DATA_SLIPS["data_cut_after_the_tokenizer"], "after the max_chars cut"),
+    ("6.19", DATA_SLIPS["data_bpe_of_the_default_size"], "trained to bpe_vocab_size"),
+    ("6.19", DATA_SLIPS["data_always_char"], "asks for a BPETokenizer"),
+    ("6.19", DATA_SLIPS["data_split_at_the_default_fraction"], "train_val_split(ids, data['val_fraction'])"),
     ("6.6", STEP_SLIPS["step_clipping_the_scaled_gradients"], "before clipping"),
     ("6.6", STEP_SLIPS["step_updating_before_stepping"], "scaler.step(optimizer), scaler.update()"),
     ("6.6", STEP_SLIPS["step_past_the_scaler"], "must be skipped"),
     ("6.6", STEP_SLIPS["step_without_updating_the_scale"], "scaler.update()"),
-    ("6.18", PRECISION_SLIPS["precision_trusting_is_bf16_supported"], "not is_bf16_supported()"),
-    ("6.18", PRECISION_SLIPS["precision_float32_on_old_gpus"], "gradient scaler"),
-    ("6.18", PRECISION_SLIPS["precision_from_9_0_only"], "bf16 is native"),
-    ("6.18", PRECISION_SLIPS["precision_by_the_device_alone"], "train in float32"),
-    ("6.14", TRAIN_SLIPS["train_without_no_sync"], "inside net.no_sync()"),
-    ("6.14", TRAIN_SLIPS["train_syncing_the_first_micro_batch"], "all but the last micro-batch"),
-    ("6.14", TRAIN_SLIPS["train_without_ddp"], "not wrapped in DistributedDataParallel"),
-    ("6.14", TRAIN_SLIPS["train_keeping_its_own_losses"], "all_reduce the queued values"),
-    ("6.14", TRAIN_SLIPS["train_summing_the_losses"], "divide by world_size"),
-    ("6.14", TRAIN_SLIPS["train_without_the_barrier"], "barrier()"),
-    ("6.19", SETUP_SLIPS["setup_with_the_local_rank_as_rank"], "RANK is the process's number among all"),
-    ("6.19", SETUP_SLIPS["setup_always_nccl"], "gloo otherwise"),
-    ("6.19", SETUP_SLIPS["setup_joining_twice"], "joined already"),
-    ("6.19", SETUP_SLIPS["setup_without_choosing_the_gpu"], "set_device(local_rank)"),
-    ("6.19", SETUP_SLIPS["setup_joining_alone"], "WORLD_SIZE > 1"),
-    ("6.20", SLIDING_SLIPS["sliding_scoring_whole_windows"], "not all of its own"),
-    ("6.20", SLIDING_SLIPS["sliding_without_the_last_window"], "add one last window"),
-    ("6.20", SLIDING_SLIPS["sliding_scoring_the_first_positions"], "its last"),
-    ("6.20", SLIDING_SLIPS["sliding_in_train_mode"], "model.eval()"),
-    ("6.15", budget_rate_too_low, "above the target"),
-    ("6.15", budget_high_rate_without_warmup, "above the target"),
-    ("6.15", budget_rate_far_too_high, "too high"),
-    ("6.15", budget_warmup_past_the_budget, "from 0 to 40"),
+    ("6.9", PRECISION_SLIPS["precision_trusting_is_bf16_supported"], "not is_bf16_supported()"),
+    ("6.9", PRECISION_SLIPS["precision_float32_on_old_gpus"], "gradient scaler"),
+    ("6.9", PRECISION_SLIPS["precision_from_9_0_only"], "bf16 is native"),
+    ("6.9", PRECISION_SLIPS["precision_by_the_device_alone"], "train in float32"),
+    ("6.17", TRAIN_SLIPS["train_without_no_sync"], "inside net.no_sync()"),
+    ("6.17", TRAIN_SLIPS["train_syncing_the_first_micro_batch"], "all but the last micro-batch"),
+    ("6.17", TRAIN_SLIPS["train_without_ddp"], "not wrapped in DistributedDataParallel"),
+    ("6.17", TRAIN_SLIPS["train_keeping_its_own_losses"], "all_reduce the queued values"),
+    ("6.17", TRAIN_SLIPS["train_summing_the_losses"], "divide by world_size"),
+    ("6.17", TRAIN_SLIPS["train_without_the_barrier"], "barrier()"),
+    ("6.16", SETUP_SLIPS["setup_with_the_local_rank_as_rank"], "RANK is the process's number among all"),
+    ("6.16", SETUP_SLIPS["setup_always_nccl"], "gloo otherwise"),
+    ("6.16", SETUP_SLIPS["setup_joining_twice"], "joined already"),
+    ("6.16", SETUP_SLIPS["setup_without_choosing_the_gpu"], "set_device(local_rank)"),
+    ("6.16", SETUP_SLIPS["setup_joining_alone"], "WORLD_SIZE > 1"),
+    ("6.18", SLIDING_SLIPS["sliding_scoring_whole_windows"], "not all of its own"),
+    ("6.18", SLIDING_SLIPS["sliding_without_the_last_window"], "add one last window"),
+    ("6.18", SLIDING_SLIPS["sliding_scoring_the_first_positions"], "its last"),
+    ("6.18", SLIDING_SLIPS["sliding_in_train_mode"], "model.eval()"),
+    ("6.20", budget_rate_too_low, "above the target"),
+    ("6.20", budget_high_rate_without_warmup, "above the target"),
+    ("6.20", budget_rate_far_too_high, "too high"),
+    ("6.20", budget_warmup_past_the_budget, "from 0 to 40"),
 ]
 
 

@@ -427,7 +427,7 @@ _GPUS = [  # (device, CUDA available, compute capability, expected, what it is)
 ]
 
 
-@exercise("6.18", "Precision by what the GPU has", builds="gptlib.training:resolve_precision",
+@exercise("6.9", "Precision by what the GPU has", builds="gptlib.training:resolve_precision",
           tier="core", difficulty=2, importance=2, forbids=("torch.cuda.is_bf16_supported",))
 def _(candidate):
     from unittest import mock
@@ -605,7 +605,7 @@ def _sliding_ref(model, data, block, stride):
     return every.mean().item(), len(every)
 
 
-@exercise("6.20", "Score every token with context", builds="gptlib.training:evaluate_sliding",
+@exercise("6.18", "Score every token with context", builds="gptlib.training:evaluate_sliding",
           tier="core", difficulty=3, importance=2)
 def _(candidate):
     for block, stride, batch, n in ((4, 2, 3, 4 * 7 + 3), (6, 3, 2, 40), (5, 1, 4, 23), (4, 4, 8, 4 * 6 + 1),
@@ -632,7 +632,7 @@ def _(candidate):
                "start + block_size - (targets scored so far) positions, the first window all of them")
 
 
-# ---- 6.9 / 6.10 / 6.11 checkpoints -------------------------------------------------------------
+# ---- 6.10 / 6.11 / 6.12 checkpoints -------------------------------------------------------------
 
 def _capture_ref(generator=None) -> dict:
     """The documented format of ``_rng_state``, written out privately."""
@@ -685,7 +685,7 @@ def _weights_only_roundtrip(obj):
     return torch.load(buffer, weights_only=True)
 
 
-@exercise("6.9", "Capture every random state", builds="gptlib.checkpoint:_rng_state",
+@exercise("6.10", "Capture every random state", builds="gptlib.checkpoint:_rng_state",
           tier="core", difficulty=2, importance=2)
 def _(candidate):
     for generator in (torch.Generator().manual_seed(3), None):
@@ -710,7 +710,7 @@ def _(candidate):
                            "instead of {want:.6f}: the {key!r} entry is not its current state")
 
 
-@exercise("6.10", "Restore every random state", builds="gptlib.checkpoint:_set_rng_state",
+@exercise("6.11", "Restore every random state", builds="gptlib.checkpoint:_set_rng_state",
           tier="core", difficulty=2, importance=2)
 def _(candidate):
     for generator in (torch.Generator().manual_seed(5), None):
@@ -776,7 +776,7 @@ class _Wrapper(nn.Module):
         return self._orig_mod(x)
 
 
-@exercise("6.11", "What a checkpoint holds", builds="gptlib.checkpoint:save_checkpoint",
+@exercise("6.12", "What a checkpoint holds", builds="gptlib.checkpoint:save_checkpoint",
           tier="core", difficulty=2, importance=3)
 def _(candidate):
     import tempfile
@@ -873,7 +873,7 @@ def _load_refusal(candidate, path, model) -> str | None:
     return None
 
 
-@exercise("6.16", "Resume from a checkpoint", builds="gptlib.checkpoint:load_checkpoint",
+@exercise("6.13", "Resume from a checkpoint", builds="gptlib.checkpoint:load_checkpoint",
           tier="core", difficulty=2, importance=3)
 def _(candidate):
     import tempfile
@@ -942,9 +942,9 @@ def _(candidate):
                "when only one side has a config, say so ('model config: checkpoint ..., model None')")
 
 
-# ---- 6.12 the best evaluation -----------------------------------------------------------------
+# ---- 6.14 the best evaluation -----------------------------------------------------------------
 
-@exercise("6.12", "The best evaluation so far", builds="gptlib.training:History",
+@exercise("6.14", "The best evaluation so far", builds="gptlib.training:History",
           tier="warm-up", difficulty=1, importance=2)
 def _(candidate):
     empty = candidate()
@@ -991,9 +991,9 @@ def _(candidate):
                f"from_dict({empty!r}) must be an empty History")
 
 
-# ---- 6.13 one global batch, sliced -----------------------------------------------------------
+# ---- 6.15 one global batch, sliced -----------------------------------------------------------
 
-@exercise("6.13", "Each process's slice of one global batch", builds="gptlib.training:draw_batch",
+@exercise("6.15", "Each process's slice of one global batch", builds="gptlib.training:draw_batch",
           tier="core", difficulty=2, importance=1)
 def _(candidate):
     from gptlib.training import DistInfo   # where a process sits: a plain dataclass
@@ -1036,7 +1036,7 @@ _ENVIRONMENTS = [  # (what, environment, CUDA available, already joined, expecte
 ]
 
 
-@exercise("6.19", "Where a process sits", builds="gptlib.training:_setup_distributed",
+@exercise("6.16", "Where a process sits", builds="gptlib.training:_setup_distributed",
           tier="warm-up", difficulty=1, importance=2)
 def _(candidate):
     import os
@@ -1068,7 +1068,7 @@ def _(candidate):
                "its own GPU, set_device(local_rank); without CUDA, none")
 
 
-# ---- 6.14 the training loop -------------------------------------------------------------------
+# ---- 6.17 the training loop -------------------------------------------------------------------
 
 def _loop_config(**changes):
     from gptlib.training import TrainConfig   # the run's settings: a plain dataclass
@@ -1266,7 +1266,7 @@ def _check_two_processes(candidate):
                                "after each save, every process waits until rank 0 has written it")
 
 
-@exercise("6.14", "The training loop", builds="gptlib.training:train", tier="core", difficulty=3, importance=3)
+@exercise("6.17", "The training loop", builds="gptlib.training:train", tier="core", difficulty=3, importance=3)
 def _(candidate):
     import tempfile
     from pathlib import Path
@@ -1380,7 +1380,7 @@ def _recipe_text() -> str:
     return head[:2400] + "\nQUIZ: XYZZY, ZAX! " * 30
 
 
-@exercise("6.17", "A recipe's data, tokenized and split", builds="gptlib.training:load_text_data",
+@exercise("6.19", "A recipe's data, tokenized and split", builds="gptlib.training:load_text_data",
           tier="core", difficulty=2, importance=2)
 def _(candidate):
     import gptlib.datasets
@@ -1433,7 +1433,7 @@ def _(candidate):
         gptlib.datasets.load_text = real
 
 
-# ---- 6.15 stretch: a loss target within a step budget ----------------------------------------
+# ---- 6.20 stretch: a loss target within a step budget ----------------------------------------
 
 BUDGET_STEPS, BUDGET_TARGET = 40, 0.88
 
@@ -1478,7 +1478,7 @@ def loss_after_budget(lr: float, warmup_steps: int, seed: int = 0) -> float:
         return model(val[:n].view(-1, 16), val[1:n + 1].view(-1, 16))[1].item()
 
 
-@exercise("6.15", f"Reach {BUDGET_TARGET} nats in {BUDGET_STEPS} steps", tier="stretch", difficulty=2, importance=2)
+@exercise("6.20", f"Reach {BUDGET_TARGET} nats in {BUDGET_STEPS} steps", tier="stretch", difficulty=2, importance=2)
 def _(candidate):
     settings = candidate()
     expect(isinstance(settings, dict) and set(settings) == {"lr", "warmup_steps"},
