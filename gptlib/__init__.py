@@ -24,6 +24,7 @@ checkpoint
 sampling           7        sampling filters, the one generation loop ``generate``, ``KVCache``
 forgery, classify, 8        the fine-tuning task, classification heads, instruction tuning, LoRA
 instruct, lora
+llama              9        RMSNorm, RoPE, SwiGLU, grouped-query attention: ``Llama``, HF parity
 [runtime]                   device, run profile, atomic writes, the artefact cache
 [datasets]                  checksummed downloads
 [exercises], [viz]          the exercise checks; pictures and widgets (matplotlib stays out of the model)
@@ -37,6 +38,8 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+__version__ = "0.2.0"  # pyproject.toml's version; the setup cells install the tag v0.2.0
 
 _FRONT_DOOR = {
     "BPETokenizer": "tokenizer", "CharTokenizer": "tokenizer",

@@ -145,3 +145,12 @@ def test_exercise_titles_carry_the_checks_id_tier_and_ratings(path):
         spec = registry[ex_id]
         assert (tier, difficulty.count("★"), importance.count("★")) == (
             spec.tier, spec.difficulty, spec.importance), f"{path.name} {ex_id}: title and check disagree"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_carries_its_chapter_and_both_colab_badges(path):
+    """The grader reads the chapter from the metadata, and the title cell opens the student copy
+    and the solved one in Colab: `python -m tools.course stamp` writes both (and changes nothing
+    on a stamped notebook)."""
+    nb = _nb(path)
+    assert not course.stamp_notebook(nb, path.name), f"{path.name}: run `python -m tools.course stamp`"

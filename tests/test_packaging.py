@@ -19,7 +19,7 @@ def wheel(tmp_path_factory):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     str(src), "-w", str(out)], check=True, capture_output=True)
-    (path,) = out.glob("gptlib-*.whl")
+    (path,) = out.glob("build_a_gpt-*.whl")
     return path
 
 

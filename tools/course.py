@@ -2,7 +2,8 @@
 Colab badges and the chapter metadata the grader reads.
 
 Hand-written (not exported from a notebook). ``_config.yml`` holds the repository url; every
-notebook's first code cell installs gptlib from it on Colab and does nothing elsewhere.
+notebook's first code cell does nothing where this course's gptlib is installed, and elsewhere
+installs the release named by pyproject.toml's version (the tag ``v<version>``) from that url.
 ``python -m tools.course configure https://github.com/you/fork`` (``make configure REPO=…``)
 rewrites both, so a fork's launch buttons and installs point at the fork, and stamps every
 notebook (:func:`stamp`): the chapter number in its metadata (``{"gptlib": {"chapter": N}}``,
@@ -17,6 +18,7 @@ import copy
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -50,15 +52,32 @@ def repository_branch(config: Path = CONFIG) -> str:
     return _BRANCH_LINE.search(block).group(2)
 
 
-def setup_cell_source(url: str | None = None, branch: str | None = None) -> str:
-    """The exact first code cell of every chapter notebook."""
+DISTRIBUTION = "build-a-gpt"   # the name pip installs; the import name stays `gptlib`
+
+
+def release() -> str:
+    """The version in pyproject.toml, which ``gptlib.__version__`` repeats: the release that every
+    notebook's setup cell installs, as the git tag ``v<version>``."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
+def setup_cell_source(url: str | None = None, version: str | None = None) -> str:
+    """The exact first code cell of every notebook: where this course's gptlib is importable it
+    does nothing; otherwise (Colab, Kaggle, a JupyterHub) it removes any other package that is
+    imported as ``gptlib`` and installs the pinned release from the course repository."""
     url = url or repository_url()
-    branch = branch or repository_branch()
+    version = version or release()
     return (
-        "# Setup: on Colab, install gptlib from the course repository; elsewhere this does nothing.\n"
-        "import sys\n"
-        "if \"google.colab\" in sys.modules:\n"
-        f"    %pip install -q \"gptlib[viz,tiktoken] @ git+{url}@{branch}\""
+        f"# Setup: use this course's gptlib where it is installed (a clone after `make setup`); anywhere\n"
+        f"# else (Colab, Kaggle, a JupyterHub) install release v{version} from the course repository.\n"
+        "import importlib.metadata, subprocess, sys\n"
+        "providers = importlib.metadata.packages_distributions().get(\"gptlib\", [])\n"
+        f"if \"{DISTRIBUTION}\" not in providers:\n"
+        "    for other in providers:  # another package that is also imported as `gptlib`\n"
+        "        subprocess.run([sys.executable, \"-m\", \"pip\", \"uninstall\", \"-q\", \"-y\", other], check=True)\n"
+        "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\",\n"
+        f"                    \"{DISTRIBUTION}[viz,tiktoken] @ git+{url}@v{version}\"], check=True)"
     )
 
 
@@ -83,9 +102,10 @@ def badges(name: str, url: str | None = None, branch: str | None = None) -> str:
     branch = branch or repository_branch()
     repo = url.split("://", 1)[1].split("/", 1)[1]
     colab = f"https://colab.research.google.com/github/{repo}/blob"
-    return (f"[![Exercises in Colab](https://img.shields.io/badge/Colab-Exercises-F9AB00?logo=googlecolab)]"
+    # the badge pictures are the book's own (book/images), so an offline book shows them too
+    return (f"[![Exercises in Colab](../book/images/badge_exercises.svg)]"
             f"({colab}/{STUDENT_BRANCH}/notebooks/{name}) "
-            f"[![With solutions in Colab](https://img.shields.io/badge/Colab-With%20solutions-555555?logo=googlecolab)]"
+            f"[![With solutions in Colab](../book/images/badge_solutions.svg)]"
             f"({colab}/{branch}/notebooks/{name})")
 
 
@@ -148,11 +168,11 @@ def configure(url: str, branch: str | None = None, root: Path = ROOT) -> list[Pa
         new_block = _BRANCH_LINE.sub(lambda m: m.group(1) + branch, new_block, count=1)
     config.write_text(text.replace(block, new_block), encoding="utf-8")
     changed = [config]
-    source = setup_cell_source(url, branch or repository_branch(config))
+    source = setup_cell_source(url)
     for path in notebooks(root):
         nb = nbformat.read(path, as_version=4)
         cell = first_code_cell(nb)
-        if cell is not None and cell.source.startswith("# Setup: on Colab"):
+        if cell is not None and cell.source.startswith("# Setup:"):
             cell.source = source
             _write_sources(nb, path)
             changed.append(path)
