@@ -148,3 +148,18 @@ def test_a_check_leaves_the_learners_random_state_alone(monkeypatch):
         exercises.run_check("99.2", candidate)
     assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()
     assert (before[2] == np.random.get_state()[1]).all()
+
+
+def test_the_learner_writes_a_quarter_of_gptlib():
+    """The build track's bar (issue 14): the learner writes at least 600 lines and a quarter of
+    everything the chapters export, every chapter at least 15% and 30 lines, with 40 or more
+    checked exercises. Counted by tools.build_track (non-blank lines between solution markers in
+    exported cells)."""
+    from tools.build_track import all_stats
+    stats = all_stats()
+    exported = sum(s.exported for s in stats)
+    learner = sum(s.learner for s in stats)
+    assert learner >= 600 and learner >= 0.25 * exported, (learner, exported)
+    for s in stats:
+        assert s.learner >= 30 and s.share >= 0.15, (s.notebook, s.learner, s.exported)
+    assert sum(sum(s.exercises.values()) for s in stats) >= 40
