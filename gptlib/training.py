@@ -449,14 +449,16 @@ def grad_scaler(device: torch.device | str, precision: str = "auto") -> torch.am
 def maybe_compile(model: nn.Module, device: torch.device | str, compile: bool | str = "auto") -> tuple[nn.Module, bool]:
     """``torch.compile`` the model on a CUDA GPU (``compile="auto"``); leave it as is elsewhere.
 
-    Returns ``(model, compiled)``. The compiled module shares its parameters with ``model``.
+    Returns ``(model, compiled)``: ``(torch.compile(model), True)`` or ``(model, False)``. The
+    compiled module shares its parameters with ``model``.
     """
     device = torch.device(device)
+    if not (isinstance(compile, bool) or compile == "auto"):
+        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
     if compile == "auto":
         compile = device.type == "cuda"
-    if not isinstance(compile, bool):
-        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
     return (torch.compile(model), True) if compile else (model, False)
+
 
 # %% ../notebooks/06_training.ipynb #ch06-031
 @dataclass
@@ -502,6 +504,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """The process that shows progress, calls back and writes checkpoints: rank 0."""
         return self.rank == 0
 
 
@@ -592,6 +595,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
     slices its own); only rank 0 shows progress, calls back and writes checkpoints.
     """
     raw = unwrap(model)
+    # evaluates: whether the run evaluates at all (an eval_loss hook, or val_data to score)
     evaluates = eval_loss is not None or val_data is not None
     if config.keep_best and checkpoint_path is None:
         raise ValueError("keep_best=True needs a checkpoint_path: the best checkpoint is written beside it")
@@ -628,8 +632,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
     # the step this call stops before: max_steps, or until_step if that comes first
     end = config.max_steps if until_step is None else min(until_step, config.max_steps)
     autocast = autocast_context(device, config.precision)
-    # net, the model as trained: raw compiled as the config says (maybe_compile) and, under torchrun,
-    # wrapped in DistributedDataParallel (device_ids=[device.index] on CUDA, else None)
+    # net: raw compiled as config says, under torchrun in DDP (device_ids=[device.index] on CUDA, else None)
     net, _ = maybe_compile(raw, device, config.compile)
     if dist_info.world_size > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -648,6 +651,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
         sync = contextlib.nullcontext() if last or dist_info.world_size == 1 else net.no_sync()
         with sync, autocast:
             return batch_loss(net, generator, device)
+    # the evaluation batch size: config.eval_batch_size, or config.batch_size when that is None
     eval_bs = config.eval_batch_size or config.batch_size
     pending: list[torch.Tensor] = []
 
@@ -706,9 +710,8 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
             pending.clear()
 
     def save(step: int) -> None:
-        """Write ``checkpoint_path`` for the run as it continues at ``step``: flush first (the
-        history saved holds every step's loss), only the main process writes, and under torchrun
-        every process then waits at ``torch.distributed.barrier()``."""
+        """Write ``checkpoint_path`` for the run as it continues at ``step``: flush first, only the
+        main process writes, then under torchrun every process waits at a ``barrier()``."""
         flush()
         if dist_info.is_main:
             save_checkpoint(checkpoint_path, raw, optimizer, step, config, generator, history, scaler=scaler)
@@ -732,8 +735,7 @@ def train(model: nn.Module, train_data: torch.Tensor | None, val_data: torch.Ten
             flush()
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", lr=f"{lr:.2e}")
         bar.update(1)
-        # with a checkpoint_path, save every checkpoint_interval steps (0: never) the run as it
-        # continues after this step
+        # with a checkpoint_path, every checkpoint_interval steps (0: never), save the run as it goes on
         if checkpoint_path and config.checkpoint_interval and (step + 1) % config.checkpoint_interval == 0:
             save(step + 1)
     bar.close()

@@ -591,8 +591,35 @@ _TRAIN_SLIPS = {  # name: the (old, new) edits of gptlib's train that make the s
     "train_keeping_its_own_losses": [("                torch.distributed.all_reduce(values)\n", "")],
     "train_summing_the_losses": [("                values /= dist_info.world_size\n", "")],
     "train_without_the_barrier": [("            torch.distributed.barrier()\n", "            pass\n")],
+    "train_ignoring_the_eval_hook": [("    evaluates = eval_loss is not None or val_data is not None\n",
+                                      "    evaluates = val_data is not None\n")],
+    "train_with_the_batch_size_for_evaluation": [("    eval_bs = config.eval_batch_size or config.batch_size\n",
+                                                  "    eval_bs = config.batch_size\n")],
 }
 TRAIN_SLIPS = {name: _train_with(name, *edits) for name, edits in _TRAIN_SLIPS.items()}
+
+
+def _train_with_a_slipped(helper, name, *edits):
+    """gptlib's train calling ``helper`` (a function of gptlib.training) with ``edits`` applied."""
+    namespace = dict(vars(gptlib.training))
+    _edited(helper, name, *edits, namespace=namespace)
+    return _edited(gptlib.training.train, name, namespace=namespace)
+
+
+SWITCH_SLIPS = {
+    "train_autocasting_to_bfloat16_always": _train_with_a_slipped(
+        gptlib.training.autocast_context, "train_autocasting_to_bfloat16_always",
+        ('{"bfloat16": torch.bfloat16, "float16": torch.float16}.get(resolve_precision(device, precision))',
+         "torch.bfloat16")),
+    "train_compiling_on_the_cpu": _train_with_a_slipped(
+        gptlib.training.maybe_compile, "train_compiling_on_the_cpu",
+        ('compile = device.type == "cuda"', "compile = True")),
+    "train_without_a_scaler": _train_with_a_slipped(
+        gptlib.training.grad_scaler, "train_without_a_scaler",
+        ('enabled=resolve_precision(device, precision) == "float16"', "enabled=False")),
+    "train_with_rank_1_as_main": _train_with_a_slipped(
+        gptlib.training.DistInfo, "train_with_rank_1_as_main", ("return self.rank == 0", "return self.rank == 1")),
+}
 
 
 # ---- 6.20 stretch: the settings ------------------------------------------------------------
@@ -746,6 +773,12 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("6.18", SLIDING_SLIPS["sliding_without_the_last_window"], "add one last window"),
     ("6.18", SLIDING_SLIPS["sliding_scoring_the_first_positions"], "its last"),
     ("6.18", SLIDING_SLIPS["sliding_in_train_mode"], "model.eval()"),
+    ("6.17", TRAIN_SLIPS["train_ignoring_the_eval_hook"], "evaluations at steps"),
+    ("6.17", TRAIN_SLIPS["train_with_the_batch_size_for_evaluation"], "val_loss at step"),
+    ("6.17", SWITCH_SLIPS["train_autocasting_to_bfloat16_always"], "autocast to"),
+    ("6.17", SWITCH_SLIPS["train_compiling_on_the_cpu"], "torch.compile was called"),
+    ("6.17", SWITCH_SLIPS["train_without_a_scaler"], "scaler state"),
+    ("6.17", SWITCH_SLIPS["train_with_rank_1_as_main"], "DistInfo.is_main"),
     ("6.20", budget_rate_too_low, "above the target"),
     ("6.20", budget_high_rate_without_warmup, "above the target"),
     ("6.20", budget_rate_far_too_high, "too high"),

@@ -1210,16 +1210,62 @@ class _FakeDDP(nn.Module):
             self.syncing = True
 
 
+def _check_switches(candidate):
+    """float16 and compile asked for on the CPU: the forward pass under float16 autocast, torch.compile
+    called (recorded, not run), the scaler's state in the checkpoint; no evaluation without anything to
+    score; compile='auto' and precision='auto' on the CPU: neither."""
+    import tempfile
+    from pathlib import Path
+    from unittest import mock
+    data, compiled = _LoopData(), []
+    seen = []
+
+    def batch_loss(net, generator, device):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return data.batch_loss(net, generator, device)
+    for precision, compile_, want_dtype, want_compiled in (("float16", True, torch.float16, 1),
+                                                           ("auto", "auto", None, 0)):
+        cfg = _loop_config(max_steps=2, grad_accum_steps=1, precision=precision, compile=compile_)
+        where = f"(precision={precision!r}, compile={compile_!r} on the CPU, no val_data and no eval_loss)"
+        seen.clear()
+        compiled.clear()
+        with tempfile.TemporaryDirectory() as tmp, \
+                mock.patch.object(torch, "compile", lambda model, *a, **k: compiled.append(1) or model):
+            path = Path(tmp) / "ckpt.pt"
+            got = candidate(_StepNet(2), None, None, cfg, batch_loss=batch_loss, checkpoint_path=path, progress=False)
+            expect(path.is_file(), f"the run did not end saved {where}: with a checkpoint_path, save(end) after "
+                                   "the loop")
+            scaler_state = torch.load(path, weights_only=True).get("scaler")
+        expect(got.eval_step == [], f"the run evaluated at {got.eval_step} {where}: with nothing to score "
+                                    "(no val_data, no eval_loss) a run does not evaluate")
+        expect(seen and all(d == want_dtype for d in seen),
+               f"the forward pass ran under autocast to {seen[0] if seen else None}, expected {want_dtype} {where}: "
+               "autocast_context gives torch.autocast with the dtype resolve_precision picks, a no-op for float32")
+        expect(len(compiled) == want_compiled,
+               f"torch.compile was called {len(compiled)} times, expected {want_compiled} {where}: maybe_compile "
+               "compiles when compile is True, and for 'auto' on CUDA only")
+        expect(bool(scaler_state) == (precision == "float16"),
+               f"the checkpoint's scaler state is {scaler_state!r} {where}: grad_scaler is enabled for float16 "
+               "only")
+
+
 def _check_two_processes(candidate):
     """Rank 0 of two, faked in one process: DDP is _FakeDDP, all_reduce adds the other rank's numbers
     (each 1 more than this rank's), barrier counts."""
     import tempfile
     from pathlib import Path
     from unittest import mock
-    from gptlib.training import DistInfo
+    from gptlib import training
+    DistInfo = candidate.__globals__.get("DistInfo", training.DistInfo)   # yours, beside your train
     cfg = _loop_config(max_steps=4, grad_accum_steps=3, eval_interval=2, log_interval=2, checkpoint_interval=2)
     where = "(rank 0 of 2 under torchrun, 4 steps of 3 micro-batches, a checkpoint every 2 steps)"
-    barriers, names = [], candidate.__globals__
+    barriers, names, saved_steps = [], candidate.__globals__, []
+    real_save = torch.save
+
+    def recording_save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("format") == "gptlib-checkpoint":
+            saved_steps.append(obj.get("step"))
+        return real_save(obj, f, *args, **kwargs)
     saved_setup = names.get("_setup_distributed")
     _FakeDDP.made.clear()
     data, ref_data = _LoopData(), _LoopData()
@@ -1228,7 +1274,8 @@ def _check_two_processes(candidate):
         with tempfile.TemporaryDirectory() as tmp, \
                 mock.patch.object(nn.parallel, "DistributedDataParallel", _FakeDDP), \
                 mock.patch.object(torch.distributed, "all_reduce", lambda t, *a, **k: t.mul_(2).add_(1.0)), \
-                mock.patch.object(torch.distributed, "barrier", lambda *a, **k: barriers.append(1)):
+                mock.patch.object(torch.distributed, "barrier", lambda *a, **k: barriers.append(1)), \
+                mock.patch.object(torch, "save", recording_save):
             got = candidate(_StepNet(5), None, None, cfg, batch_loss=data.batch_loss, eval_loss=data.eval_loss,
                             checkpoint_path=Path(tmp) / "ckpt.pt", progress=False)
     except AttributeError as err:
@@ -1262,6 +1309,8 @@ def _check_two_processes(candidate):
                           "divide by world_size")
     expect(_same(got.train_loss, [v + 0.5 for v in plain]),
            f"the recorded losses are not the mean over the two processes {where}")
+    expect(saved_steps == [2, 4, 4], f"rank 0 wrote checkpoints of the steps {saved_steps}, expected [2, 4, 4] {where}: "
+                                      "the main process (DistInfo.is_main: rank 0) writes them")
     expect(len(barriers) == 3, f"torch.distributed.barrier() was called {len(barriers)} times for 3 saves {where}: "
                                "after each save, every process waits until rank 0 has written it")
 
@@ -1271,6 +1320,7 @@ def _(candidate):
     import tempfile
     from pathlib import Path
     from gptlib.model import GPT, GPTConfig
+    _check_switches(candidate)
     # 1. any nn.Module through the hooks: an evaluation every 3 steps and at the end
     for cfg in (_loop_config(), _loop_config(eval_interval=20, max_steps=5, grad_accum_steps=1)):
         data = _LoopData()
