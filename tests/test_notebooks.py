@@ -6,10 +6,11 @@ import pytest
 import yaml
 
 from gptlib import exercises
-from tools import ROOT, course, export
+from tools import ROOT, citations, course, export
 
 NOTEBOOKS = course.notebooks(ROOT)
 CHAPTERS = export.chapter_notebooks(ROOT)
+BIB = citations.load_bib()
 CHECK_CALL = re.compile(r"""(?:check|build)\(\s*["'](\d+\.\d+)["']""")  # build() checks, then picks
 
 
@@ -87,7 +88,12 @@ def test_chapter_has_the_template_sections(path):
     for needed in ("Objectives", "Prerequisites", "Time estimate", "Review questions",
                    "Summary", "References", "{exercise}"):
         assert needed in text, f"{path.name} lacks a '{needed}' part"
-    assert "```{footbibliography}" in text
+    assert citations.BEGIN in text and "{footbibliography}" not in text and "{footcite}" not in text, (
+        f"{path.name}: citations must be links and References the generated list: "
+        f"run `python -m tools.citations {path.relative_to(ROOT)}`")
+    assert not citations.process(path, BIB, write=False), (
+        f"{path.name}: its References list is out of date with book/references.bib: "
+        f"run `python -m tools.citations {path.relative_to(ROOT)}`")
     source = "\n".join(c.source for c in _nb(path).cells if c.cell_type == "code")
     assert "by_profile(" in source, f"{path.name} should choose its sizes with by_profile"
 

@@ -279,14 +279,15 @@ def dumps(raw: dict) -> str:
 
 
 def process(path: Path, bib: dict[str, Entry], write: bool = True) -> bool:
-    """Rewrite the notebook at ``path`` (when ``write``); True when it changed or would change."""
+    """Rewrite the notebook at ``path`` (when ``write``); True when its citations changed or would.
+    A notebook whose citations are current is left as it is, byte for byte."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    new = dumps(rewrite_notebook(json.loads(text), bib, path.name))
-    if new == text:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    new = rewrite_notebook(raw, bib, path.name)
+    if new == raw:
         return False
     if write:
-        path.write_text(new, encoding="utf-8")
+        path.write_text(dumps(new), encoding="utf-8")
     return True
 
 
