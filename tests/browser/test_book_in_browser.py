@@ -181,3 +181,16 @@ def test_math_is_typeset_by_the_books_own_mathjax(server, browser, page):
         "return [...document.querySelectorAll('div.math')].filter(d => !d.querySelector('mjx-container'))"
         ".map(d => d.textContent.trim().slice(0, 60))")
     assert not raw, f"{page}: formulas left as raw TeX: {raw}"
+
+
+@pytest.mark.parametrize("page", [p for p in toc_files() if p.startswith("notebooks/")])
+def test_every_figure_output_has_alt_text(server, browser, page):
+    """A screen reader, or a reader whose images did not load, gets what each figure shows: the
+    chapter gives every figure cell ``"mystnb": {"image": {"alt": "..."}}`` in its metadata."""
+    _open(browser, f"{server}/{page}.html")
+    missing = browser.execute_script(
+        "return [...document.querySelectorAll('.cell_output img')]"
+        ".filter(i => !(i.getAttribute('alt') || '').trim())"
+        ".map(i => { const c = i.closest('.cell'), input = c && c.querySelector('.cell_input');"
+        "  return input ? input.textContent.trim().slice(0, 60) : i.src.split('/').pop(); })")
+    assert not missing, f"{page}: figure outputs without alt text: {missing}"
