@@ -8,15 +8,15 @@ with Chapter 6's ``train``, accuracy, and safetensors checkpoints.
 """
 
 # %% auto #0
-__all__ = ['POOLING', 'FREEZE_MODES', 'encode_batch', 'pool_last', 'pool_mean', 'lm_targets', 'GPTClassifier', 'set_trainable',
-           'count_trainable', 'ClassificationData', 'train_classifier', 'predict', 'accuracy', 'confusion_matrix',
-           'finetune_run', 'save_classifier', 'load_classifier']
+__all__ = ['POOLING', 'FREEZE_MODES', 'PAIR_TOKENS', 'encode_batch', 'pool_last', 'pool_mean', 'lm_targets', 'GPTClassifier',
+           'set_trainable', 'count_trainable', 'ClassificationData', 'train_classifier', 'predict', 'accuracy',
+           'confusion_matrix', 'finetune_run', 'save_classifier', 'load_classifier', 'pair_input', 'add_special_tokens']
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-classify-imports
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from gptlib.embeddings import INIT_STD
+from gptlib.embeddings import INIT_STD, TokenEmbedding
 from gptlib.lora import apply_lora, merge_lora
 from gptlib.masking import padding_mask
 from gptlib.model import GPT, GPTConfig, IGNORE_INDEX
@@ -323,3 +323,51 @@ def load_classifier(path: str | Path, device=None) -> GPTClassifier:
     except RuntimeError as err:
         raise ValueError(f"{path}: its tensors do not fit a {config} classifier ({err})") from err
     return clf.to(device).eval() if device is not None else clf.eval()
+
+# %% ../notebooks/08_finetuning.ipynb #ch08-pair
+PAIR_TOKENS: tuple[str, ...] = ("<|start|>", "<|delim|>", "<|classify|>")
+
+
+def pair_input(a_ids: Sequence[int], b_ids: Sequence[int], special_tokens: dict[str, int],
+               max_len: int) -> list[int]:
+    """GPT-1's input for a pair of texts: ``[start] a [delim] b [classify]``, one list of ids.
+
+    ``special_tokens`` maps the names of :data:`PAIR_TOKENS` to their ids. The result has at most
+    ``max_len`` ids and always ends with the classify token: of the ``max_len - 3`` ids left for
+    the texts, ``a`` keeps its first ``min(len(a), max(budget // 2, budget - len(b)))`` and ``b``
+    its first tokens in what remains.
+    """
+    if max_len < 5:
+        raise ValueError(f"max_len must leave room for the 3 special tokens and both texts, got {max_len}")
+    missing = [t for t in PAIR_TOKENS if t not in special_tokens]
+    if missing:
+        raise ValueError(f"special_tokens has no id for {', '.join(missing)}")
+    start, delim, classify = (special_tokens[t] for t in PAIR_TOKENS)
+    budget = max_len - 3
+    n_a = min(len(a_ids), max(budget // 2, budget - len(b_ids)))
+    n_b = min(len(b_ids), budget - n_a)
+    return [start, *a_ids[:n_a], delim, *b_ids[:n_b], classify]
+
+
+def add_special_tokens(model: GPT, names: Sequence[str]) -> dict[str, int]:
+    """Give ``model`` one new token per name, in place; return ``{name: id}``.
+
+    The new ids follow the old vocabulary (``vocab_size``, ``vocab_size + 1``, ...). The token
+    embedding becomes a :class:`~gptlib.embeddings.TokenEmbedding` with a row per new token
+    (drawn as a new table draws them), the old rows copied; ``lm_head`` stays tied to it; and
+    ``model.config`` becomes a copy with the new ``vocab_size`` (the old object is unchanged).
+    """
+    names = list(names)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"names must be distinct and at least one, got {names}")
+    old = model.transformer.wte
+    n_old, n_new = old.num_embeddings, old.num_embeddings + len(names)
+    wte = TokenEmbedding(n_new, old.embedding_dim).to(old.weight.device, old.weight.dtype)
+    with torch.no_grad():
+        wte.weight[:n_old] = old.weight
+    model.transformer.wte = wte
+    model.lm_head.weight = wte.weight  # still tied: one matrix, two uses
+    model.lm_head.out_features = n_new
+    model.config = replace(model.config, vocab_size=n_new)
+    return {name: n_old + k for k, name in enumerate(names)}
+

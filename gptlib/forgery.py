@@ -33,13 +33,16 @@ from gptlib.training import TrainConfig, train
 SETTINGS_BY_PROFILE = dict(
     smoke=dict(n_layer=1, n_head=2, n_embd=32, block_size=128, pretrain_steps=40, pretrain_batch=8,
                n_train_per_class=8, n_test=60, ft_steps=15, ft_batch=16, lora_r=2,
-               sft_steps=20, n_sft_test=16, lambdas=(0.0, 0.5)),
+               sft_steps=20, n_sft_test=16, lambdas=(0.0, 0.5),
+               forget_chars=8192, pair_per_class=16, pair_test=40, pair_steps=15),
     cpu=dict(n_layer=4, n_head=4, n_embd=128, block_size=128, pretrain_steps=2000, pretrain_batch=32,
              n_train_per_class=64, n_test=None, ft_steps=100, ft_batch=32, lora_r=3,
-             sft_steps=200, n_sft_test=200, lambdas=(0.0, 0.2, 1.0)),
+             sft_steps=200, n_sft_test=200, lambdas=(0.0, 0.2, 1.0),
+             forget_chars=None, pair_per_class=256, pair_test=None, pair_steps=150),
     gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=128, pretrain_steps=3000, pretrain_batch=64,
              n_train_per_class=64, n_test=None, ft_steps=200, ft_batch=32, lora_r=8,
-             sft_steps=600, n_sft_test=None, lambdas=(0.0, 0.2, 1.0)),
+             sft_steps=600, n_sft_test=None, lambdas=(0.0, 0.2, 1.0),
+             forget_chars=None, pair_per_class=256, pair_test=None, pair_steps=300),
 )
 
 # %% ../notebooks/08_finetuning.ipynb #ch08-006

@@ -795,13 +795,101 @@ for _name in ("sft_ok", "sft_learns_the_prompt", "sft_targets_are_the_inputs",
     globals()[_name].__name__ = _name
 
 
+# ------------------------------------------------------------------ 8.23 GPT-1's pair input
+def _pair_ids(special_tokens):
+    return (special_tokens[t] for t in ("<|start|>", "<|delim|>", "<|classify|>"))
+
+
+def pair_ok(a_ids, b_ids, special_tokens, max_len):
+    start, delim, classify = _pair_ids(special_tokens)
+    budget = max_len - 3
+    n_a = min(len(a_ids), max(budget // 2, budget - len(b_ids)))
+    return [start, *a_ids[:n_a], delim, *b_ids[:budget - n_a], classify]
+
+
+def pair_without_delimiter(a_ids, b_ids, special_tokens, max_len):
+    start, _, classify = _pair_ids(special_tokens)
+    return [start, *a_ids, *b_ids, classify][:max_len - 1] + [classify]
+
+
+def pair_order_swapped(a_ids, b_ids, special_tokens, max_len):
+    return pair_ok(b_ids, a_ids, special_tokens, max_len)
+
+
+def pair_classify_first(a_ids, b_ids, special_tokens, max_len):
+    ids = pair_ok(a_ids, b_ids, special_tokens, max_len)
+    return [ids[-1]] + ids[:-1]
+
+
+def pair_cut_after_building(a_ids, b_ids, special_tokens, max_len):
+    start, delim, classify = _pair_ids(special_tokens)
+    return [start, *a_ids, delim, *b_ids, classify][:max_len]
+
+
+def pair_halves_only(a_ids, b_ids, special_tokens, max_len):
+    start, delim, classify = _pair_ids(special_tokens)
+    half = (max_len - 3) // 2
+    return [start, *a_ids[:half], delim, *b_ids[:half], classify]
+
+
+# ------------------------------------------------------------------ 8.24 new tokens
+def add_tokens_ok(model, names):
+    from dataclasses import replace
+
+    from gptlib.embeddings import TokenEmbedding
+    old = model.transformer.wte
+    n = old.num_embeddings
+    wte = TokenEmbedding(n + len(names), old.embedding_dim)
+    with torch.no_grad():
+        wte.weight[:n] = old.weight
+    model.transformer.wte = wte
+    model.lm_head.weight = wte.weight
+    model.lm_head.out_features = n + len(names)
+    model.config = replace(model.config, vocab_size=n + len(names))
+    return {name: n + k for k, name in enumerate(names)}
+
+
+def add_tokens_untied(model, names):
+    ids = add_tokens_ok(model, names)
+    model.lm_head = nn.Linear(model.config.n_embd, model.config.vocab_size, bias=False)
+    return ids
+
+
+def add_tokens_redraws_everything(model, names):
+    ids = add_tokens_ok(model, names)
+    with torch.no_grad():
+        model.transformer.wte.weight.normal_(0.0, 0.02)
+    return ids
+
+
+def add_tokens_mutates_config(model, names):
+    config = model.config
+    ids = add_tokens_ok(model, names)
+    config.vocab_size = model.config.vocab_size      # the shared object changed in place
+    model.config = config
+    return ids
+
+
+def add_tokens_ids_from_zero(model, names):
+    add_tokens_ok(model, names)
+    return {name: k for k, name in enumerate(names)}
+
+
+def add_tokens_zero_rows(model, names):
+    ids = add_tokens_ok(model, names)
+    with torch.no_grad():
+        model.transformer.wte.weight[min(ids.values()):] = 0.0
+    return ids
+
+
 # ------------------------------------------------------------------ the table
 PASSING = [("8.1", speeches_ok), ("8.2", passage_ok), ("8.3", corrupt_ok), ("8.4", task_ok),
            ("8.5", encode_ok), ("8.6", pool_ref), ("8.7", mean_ok), ("8.8", targets_ok),
            ("8.9", ClassifierOk), ("8.10", trainable_ok), ("8.11", train_clf_ok), ("8.12", predict_ok),
            ("8.13", confusion_ok), ("8.14", run_ok), ("8.15", mask_ref),
            ("8.16", collate_ok), ("8.17", sft_ok), ("8.18", answers_one_by_one), ("8.19", LoRARef),
-           ("8.20", apply_ok), ("8.21", merge_ok), ("8.22", fit_ok)]
+           ("8.20", apply_ok), ("8.21", merge_ok), ("8.22", fit_ok), ("8.23", pair_ok),
+           ("8.24", add_tokens_ok)]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("8.1", speeches_forget_leading_newlines, "newlines a block"),
@@ -891,6 +979,16 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("8.22", fit_too_few_steps, "train longer"),
     ("8.22", fit_teacher_without_delta, "cannot express a change"),
     ("8.22", fit_returns_a_tensor, "as a float"),
+    ("8.23", pair_without_delimiter, "delimiter id"),
+    ("8.23", pair_order_swapped, "a comes before"),
+    ("8.23", pair_classify_first, "must be the last id"),
+    ("8.23", pair_cut_after_building, "never the special tokens"),
+    ("8.23", pair_halves_only, "more when b is short"),
+    ("8.24", add_tokens_untied, "stay tied"),
+    ("8.24", add_tokens_redraws_everything, "old rows must be kept"),
+    ("8.24", add_tokens_ids_from_zero, "after the old"),
+    ("8.24", add_tokens_mutates_config, "dataclasses.replace"),
+    ("8.24", add_tokens_zero_rows, "not zeros"),
 ]
 
 
@@ -922,6 +1020,6 @@ def _todo(*args, **kwargs):
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("exercise_id", ["8.1", "8.2", "8.3", "8.4", "8.11", "8.12", "8.14", "8.17"])
+@pytest.mark.parametrize("exercise_id", ["8.1", "8.2", "8.3", "8.4", "8.11", "8.12", "8.14", "8.17", "8.23", "8.24"])
 def test_new_exercises_not_done(exercise_id):
     assert run_check(exercise_id, _todo).status == "not done"

@@ -1220,3 +1220,70 @@ def _(adapter_fit_loss):
                                   f"its error cannot fall below about {floor:.3g}, yours is "
                                   f"{loss:.4g}. Is the teacher x @ (W0 + delta).T, and is the "
                                   "error measured on fresh inputs?")
+
+
+# --------------------------------------------------------------------------- 8.23 pair input
+_PAIR_SPECIALS = {"<|start|>": 50, "<|delim|>": 51, "<|classify|>": 52}
+
+
+def _ref_pair(a, b, specials, max_len):
+    budget = max_len - 3
+    n_a = min(len(a), max(budget // 2, budget - len(b)))
+    n_b = min(len(b), budget - n_a)
+    return [specials["<|start|>"], *a[:n_a], specials["<|delim|>"], *b[:n_b], specials["<|classify|>"]]
+
+
+@exercise("8.23", "GPT-1's input for a pair", tier="core", difficulty=2, importance=3)
+def _(pair_input):
+    s, d, c = _PAIR_SPECIALS.values()
+    a, b = [1, 2, 3], [4, 5]
+    got = list(pair_input(a, b, dict(_PAIR_SPECIALS), 20))
+    want = _ref_pair(a, b, _PAIR_SPECIALS, 20)
+    expect(d in got, f"for a = {a}, b = {b} the delimiter id {d} is missing from {got}: the "
+                     "model must be told where the first text ends")
+    expect(got.count(c) == 1 and got[-1] == c,
+           f"the classify id {c} must be the last id (the only position that has read both "
+           f"texts), got {got}")
+    expect(got[0] == s, f"the start id {s} must come first, got {got}")
+    expect(got == want, f"for a = {a}, b = {b}: expected {want}, got {got}: a comes before "
+                        "the delimiter, b after it, each in its own order")
+    for a, b, max_len in [(list(range(1, 21)), list(range(21, 41)), 13),
+                          (list(range(1, 31)), [44, 45], 16), ([7], list(range(1, 40)), 12),
+                          (list(range(1, 9)), list(range(11, 19)), 19)]:
+        got = list(pair_input(a, b, dict(_PAIR_SPECIALS), max_len))
+        want = _ref_pair(a, b, _PAIR_SPECIALS, max_len)
+        expect(len(got) <= max_len and got[-1] == c,
+               f"a pair of {len(a)} and {len(b)} tokens with max_len = {max_len} gave {len(got)} "
+               f"ids ending in {got[-1]}: cut the texts, never the special tokens")
+        expect(got == want, f"a = {len(a)} tokens, b = {len(b)}, max_len = {max_len}: expected "
+                            f"{want}, got {got}. Of the max_len - 3 ids for the texts, a keeps "
+                            "up to half (more when b is short), b takes what remains")
+
+
+# --------------------------------------------------------------------------- 8.24 new tokens
+@exercise("8.24", "Room for new tokens", tier="core", difficulty=2, importance=2)
+def _(add_special_tokens):
+    model = _tiny_gpt(seed=3, vocab_size=11)
+    config = model.config
+    old = model.transformer.wte.weight.detach().clone()
+    ids = add_special_tokens(model, ["<|a|>", "<|b|>", "<|c|>"])
+    expect(dict(ids) == {"<|a|>": 11, "<|b|>": 12, "<|c|>": 13},
+           f"a vocabulary of 11 grown by 3 names gives them the ids 11, 12, 13 (after the old "
+           f"ones, which keep theirs), got {ids}")
+    W = model.transformer.wte.weight
+    expect(tuple(W.shape) == (14, 8), f"the embedding needs one row per token: (14, 8), got "
+                                      f"{tuple(W.shape)}")
+    expect(torch.equal(W[:11].detach(), old), "the old rows must be kept exactly: the pretrained "
+                                               "tokens keep what they learned")
+    expect(model.lm_head.weight is W, "the output layer must stay tied to the new embedding "
+                                      "(model.lm_head.weight = the new table's weight)")
+    expect(model.config.vocab_size == 14 and config.vocab_size == 11,
+           f"model.config.vocab_size must be 14 and the old config object untouched (11); got "
+           f"{model.config.vocab_size} and {config.vocab_size}: use dataclasses.replace")
+    new_rows = W[11:].detach()
+    expect(new_rows.abs().sum() > 0 and new_rows.std() < 0.1,
+           "draw the new rows as a TokenEmbedding draws its table (small random values), "
+           f"not zeros or large values; their std is {new_rows.std():.3g}")
+    logits = model(torch.tensor([[13, 0, 12, 11]]))[0]
+    expect(tuple(logits.shape) == (1, 4, 14), f"the model must accept the new ids and predict "
+                                             f"over 14 tokens, got logits {tuple(logits.shape)}")

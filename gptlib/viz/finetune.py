@@ -11,7 +11,7 @@ import torch
 
 from gptlib.model import IGNORE_INDEX
 
-__all__ = ["plot_losses", "plot_confusion", "plot_results", "plot_loss_mask"]
+__all__ = ["plot_losses", "plot_confusion", "plot_results", "plot_loss_mask", "plot_forgetting"]
 
 
 def _smooth(values: Sequence[float], k: int) -> list[float]:
@@ -89,5 +89,27 @@ def plot_loss_mask(tokens: Sequence[str], targets: Sequence[int], width: int = 4
     ax.set_ylim(-rows + 0.9, 1)
     ax.axis("off")
     ax.set_title("grey: target masked (-100, prompt)   blue: target learned (response)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_forgetting(losses: Mapping[str, float], before: str):
+    """Held-out language-model loss of each run's backbone (horizontal bars), the pretrained
+    model's (``losses[before]``) as a dashed line, each bar labelled with its change."""
+    names = list(losses)
+    base = losses[before]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.2), dpi=100)
+    ax.barh(range(len(names)), [losses[n] for n in names],
+            color=["grey" if n == before else "tab:orange" for n in names])
+    for i, n in enumerate(names):
+        if n != before:
+            ax.text(losses[n], i, f" {losses[n] - base:+.3f}", va="center", fontsize=8)
+    ax.axvline(base, color="black", ls="--", lw=1)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    lo, hi = min(losses.values()), max(losses.values())
+    ax.set_xlim(max(0.0, lo - 0.3 * (hi - lo + 0.05)), hi + 0.3 * (hi - lo + 0.05))
+    ax.set(xlabel="held-out LM loss (nats per character)",
+           title="forgetting: the language-model loss after each fine-tuning mode")
     fig.tight_layout()
     return fig
