@@ -160,3 +160,56 @@ def test_carries_its_chapter_and_both_colab_badges(path):
     on a stamped notebook)."""
     nb = _nb(path)
     assert not course.stamp_notebook(nb, path.name), f"{path.name}: run `python -m tools.course stamp`"
+
+
+# A sentence that says another chapter uses a name ("Chapter 8 uses `generate`", "Chapter 3's
+# `masked_softmax`", "`train_val_split`, used again in Chapter 6") must be true: the named
+# chapter's notebook code mentions the name.
+_NAMES = r"((?:`[^`\n]+`(?:,? and |, | or )?)+)"
+_VERB = r"(?:uses|use|calls|call|imports|import|reuses|reuse|relies on|loads|passes|builds|defines|exports)"
+_CLAIMS = [
+    re.compile(r"\bChapter (\d+)(?:'s \w+)? " + _VERB + r" (?:the |its |a |an )?(?:[\w-]+ ){0,3}?" + _NAMES),
+    re.compile(r"\bChapter (\d+)'s " + _NAMES),
+    re.compile(_NAMES + r",? (?:is |are )?(?:used|called|imported|reused|defined|built) (?:again )?"
+               r"(?:in|by) Chapter (\d+)\b"),
+]
+
+
+def cross_references(text: str) -> list[tuple[int, str]]:
+    """(chapter, name) for each claim in ``text`` that chapter ``chapter`` uses ``name``."""
+    flat = " ".join(text.split())
+    found = []
+    for i, pattern in enumerate(_CLAIMS):
+        for m in pattern.finditer(flat):
+            chapter, names = (m.group(2), m.group(1)) if i == 2 else (m.group(1), m.group(2))
+            found += [(int(chapter), name) for name in re.findall(r"`([^`]+)`", names)]
+    return found
+
+
+def _mentions(code: str, name: str) -> bool:
+    ident = re.match(r"[A-Za-z_][\w.]*", name)
+    if ident is None:
+        return name in code
+    whole = ident.group(0)
+    return any(re.search(rf"(?<![\w.]){re.escape(n)}\b", code) or re.search(rf"\.{re.escape(n)}\b", code)
+               for n in {whole, whole.split(".")[-1]})
+
+
+def test_cross_references_are_found_in_every_phrasing():
+    text = ("Chapter 8 uses `generate` to sample. With a mask, use Chapter 3's `masked_softmax`. "
+            "The split, `train_val_split` and `get_batch`, is used again in Chapter 6. Chapter 2 "
+            "cuts the text; keep passages of at least `min_words` words.")
+    assert cross_references(text) == [(8, "generate"), (3, "masked_softmax"),
+                                      (6, "train_val_split"), (6, "get_batch")]
+
+
+def test_cross_references_between_chapters_are_true():
+    code = {course.chapter_number(p): "\n".join(c.source for c in _nb(p).cells if c.cell_type == "code")
+            for p in CHAPTERS}
+    pages = [(p.name, c.get("id", i), c.source) for p in NOTEBOOKS
+             for i, c in enumerate(_nb(p).cells) if c.cell_type == "markdown"]
+    pages += [(p.name, "-", p.read_text(encoding="utf-8")) for p in sorted((ROOT / "book").glob("*.md"))]
+    false = [f"{name} cell {cell}: Chapter {chapter} does not mention `{used}`"
+             for name, cell, text in pages for chapter, used in cross_references(text)
+             if not _mentions(code.get(chapter, ""), used)]
+    assert not false, "cross-references to check:\n" + "\n".join(false)
