@@ -213,3 +213,16 @@ def test_cross_references_between_chapters_are_true():
              for name, cell, text in pages for chapter, used in cross_references(text)
              if not _mentions(code.get(chapter, ""), used)]
     assert not false, "cross-references to check:\n" + "\n".join(false)
+
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_figure_cells_carry_alt_text(path):
+    """The source-side half of the browser test's alt-text check: a cell that draws a figure
+    (``plt.show()``) has ``"mystnb": {"image": {"alt": ...}}`` in its metadata (myst-nb gives it
+    to the figure's img tag)."""
+    missing = [c.get("id", i) for i, c in enumerate(_nb(path).cells)
+               if c.cell_type == "code" and "plt.show()" in c.source
+               and "remove-output" not in c.metadata.get("tags", [])
+               and not str(c.metadata.get("mystnb", {}).get("image", {}).get("alt", "")).strip()]
+    assert not missing, f"{path.name}: figure cells without alt text: {missing}"
