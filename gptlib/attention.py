@@ -182,6 +182,8 @@ class CausalSelfAttention(nn.Module):
         (B, n_head, T, past + T).
         """
         self._check_input(x)                            # provided: clear errors at the edge
+        if hasattr(cache, "write"):                     # provided: Chapter 7's static cache
+            return self._attend_static(x, cache, need_weights)
         q, k, v = self.qkv(x)                           # (B, n_head, T, head_size) each
         k, v, past = self._with_cache(k, v, cache)      # (B, n_head, past + T, head_size)
         if need_weights:
@@ -213,6 +215,24 @@ class CausalSelfAttention(nn.Module):
         past = cache.length                             # read it before the update
         k, v = cache.update(k, v)
         return k, v, past
+
+    # Provided: attention through Chapter 7's static cache, with the same shapes at every step.
+    def _attend_static(self, x: torch.Tensor, cache, need_weights: bool):
+        """``forward`` with a static cache: the new keys and values go into its buffers
+        (``cache.write``, which returns the mask of the new queries), and attention reads the
+        whole buffers, ``capacity`` slots, under that mask. No Python number depends on how many
+        positions are filled, so a compiled step keeps one graph. The weights are
+        (B, n_head, T, capacity), 0 on the slots a query may not see."""
+        q, k, v = self.qkv(x)
+        mask = cache.write(k, v)                        # (T, capacity)
+        if need_weights:
+            weights = attention_weights(q, cache.keys, mask)
+            y = self.attn_dropout(weights) @ cache.values
+        else:
+            y = F.scaled_dot_product_attention(q, cache.keys, cache.values, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        y = self.resid_dropout(self.c_proj(merge_heads(y)))
+        return (y, weights) if need_weights else y
 
     def extra_repr(self) -> str:
         return (f"n_embd={self.n_embd}, n_head={self.n_head}, head_size={self.head_size}, "

@@ -158,12 +158,26 @@ class GPT(nn.Module):
         tokens: ``idx`` is then the next tokens, at positions ``start = len(cache) ..``, and block
         ``i`` gets its layer of the cache, ``block(x, cache=cache.layers[i])`` (``None`` without one).
         """
+        if hasattr(cache, "positions"):                 # provided: Chapter 7's static cache
+            return self._static_hidden_states(idx, cache)
         start = 0 if cache is None else len(cache)
         _check_ids(self.config, idx, start)
         tr = self.transformer
         x = tr.drop(tr.wte(idx) + tr.wpe(idx, start))   # (B, T, C) + (T, C)
         layers = [None] * len(tr.h) if cache is None else cache.layers
         for block, layer_cache in zip(tr.h, layers):
+            x = block(x, cache=layer_cache)
+        return tr.ln_f(x)
+
+    # Provided: positions from the device for Chapter 7's static cache.
+    def _static_hidden_states(self, idx: torch.Tensor, cache) -> torch.Tensor:
+        """``hidden_states`` through a static cache: the positions of the new tokens come from a
+        tensor the cache keeps on the device (``cache.positions(T)``), not from ``len(cache)``,
+        so a compiled step sees the same inputs at every token (the cache checks its own room)."""
+        _check_ids(self.config, idx, 0)
+        tr = self.transformer
+        x = tr.drop(tr.wte(idx) + tr.wpe.weight[cache.positions(idx.size(1))])
+        for block, layer_cache in zip(tr.h, cache.layers):
             x = block(x, cache=layer_cache)
         return tr.ln_f(x)
 

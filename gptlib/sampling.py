@@ -216,11 +216,27 @@ def _new_cache(model: nn.Module, batch: int, use_cache):
     return KVCache(model.config.n_layer, model.config.block_size) if use_cache else None
 
 
+def _compiled_step(model: nn.Module, **options):
+    """``model.next_token_logits`` compiled by ``torch.compile(..., **options)``. With a
+    :class:`StaticKVCache` the compiled step touches only tensors, so the Python count ``len(cache)``
+    is set here, after each call, from the number of tokens it ran."""
+    compiled = torch.compile(model.next_token_logits, **options)
+
+    def step(idx: torch.Tensor, cache=None) -> torch.Tensor:
+        before = 0 if cache is None else len(cache)
+        logits = compiled(idx, cache=cache)
+        if isinstance(cache, StaticKVCache):
+            cache.set_length(before + idx.size(1))
+        return logits
+    return step
+
+
 def _decode_step(model: nn.Module, compile_step: bool):
-    """``model.next_token_logits``, compiled with CUDA graphs (``mode="reduce-overhead"``) when
-    ``compile_step`` is set and the model is on a CUDA device; elsewhere ``compile_step`` is ignored."""
+    """``model.next_token_logits``, compiled with CUDA graphs (``mode="reduce-overhead"``, one
+    graph per input length, ``dynamic=False``) when ``compile_step`` is set and the model is on a
+    CUDA device; elsewhere ``compile_step`` is ignored."""
     if compile_step and model.lm_head.weight.device.type == "cuda":
-        return torch.compile(model.next_token_logits, mode="reduce-overhead")
+        return _compiled_step(model, mode="reduce-overhead", dynamic=False)
     return model.next_token_logits
 
 
@@ -358,6 +374,7 @@ class StaticLayerKVCache(LayerKVCache):
         shape = (batch, n_head, capacity, head_size)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)   # provided: length, on the device
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k and v (batch, n_head, T, head_size) in place at positions ``length ..``, advance
@@ -381,6 +398,23 @@ class StaticLayerKVCache(LayerKVCache):
         queries = self.length + torch.arange(T, device=self.keys.device)
         return slots[None, :] <= queries[:, None]
 
+    # Provided: the form of update and visible that a CUDA graph can replay (Chapter 4's attention
+    # calls it). Every position comes from the device tensor pos, never from the Python int length.
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Write k and v (batch, n_head, T, head_size) at positions ``pos ..`` of the buffers and
+        advance ``pos``; return the (T, capacity) mask of the new queries, as ``visible(T)`` before
+        the write. Outside a compiled step ``length`` is checked and advanced too; inside one it is
+        left to the caller (:meth:`StaticKVCache.set_length`), so the step reads no Python number."""
+        T = k.size(2)
+        if not torch.compiler.is_compiling():
+            self._check_room(T)
+            self.length += T
+        at = self.pos + torch.arange(T, device=self.pos.device)       # (T,) the new positions
+        self.keys.index_copy_(2, at, k)
+        self.values.index_copy_(2, at, v)
+        self.pos += T
+        return torch.arange(self.capacity, device=at.device)[None, :] <= at[:, None]
+
 
 class StaticKVCache(KVCache):
     """A :class:`KVCache` whose layers are :class:`StaticLayerKVCache`: all its memory is
@@ -400,3 +434,25 @@ class StaticKVCache(KVCache):
         return cls(c.n_layer, c.block_size, batch, c.n_head, c.n_embd // c.n_head,
                    weight.dtype, weight.device)
 
+    # Provided: the device side of the positions (one CUDA graph per step, see below).
+    def reset(self) -> None:
+        """Forget every cached position: ``length`` and the device positions ``pos`` back to 0."""
+        super().reset()
+        for layer in self.layers:
+            layer.pos.zero_()
+
+    def next_input(self, idx: torch.Tensor) -> torch.Tensor:
+        """As :meth:`KVCache.next_input`, in memory of its own: a slice of ``idx`` would have the
+        strides of ``idx``, which grows every step, and a compiled step would meet a new input."""
+        return super().next_input(idx).clone(memory_format=torch.contiguous_format)
+
+    def positions(self, T: int) -> torch.Tensor:
+        """The positions (T,) of the next T tokens, as a tensor on the cache's device."""
+        pos = self.layers[0].pos
+        return pos + torch.arange(T, device=pos.device)
+
+    def set_length(self, length: int) -> None:
+        """Set the Python count ``length`` of every layer (after a compiled step, which advances
+        only the device positions)."""
+        for layer in self.layers:
+            layer.length = length

@@ -371,3 +371,55 @@ def test_next_input_fills_then_feeds_one_token_then_refills():
     for layer in cache.layers:
         layer.update(torch.zeros(2, 1, 1, 5), torch.zeros(2, 1, 1, 5))
     assert torch.equal(cache.next_input(idx), idx[:, -4:]) and len(cache) == 0   # full: refill
+
+
+# ---- one graph per step with the static cache ----------------------------------------------------
+def _recording_backend(graphs):
+    """A torch.compile backend that runs each graph as traced and keeps its inputs."""
+    def backend(gm, example_inputs):
+        graphs.append([n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"])
+        return gm.forward
+    return backend
+
+
+@pytest.mark.parametrize("prompt", [[[1, 2, 3], [4, 5, 6]], [[1, 2, 3]]])
+def test_static_cache_step_compiles_one_graph_per_input_length(model, monkeypatch, prompt):
+    """With the static cache, the compiled step reads only tensors of fixed shape: one graph per
+    length of input (the prompt, the refill, one token), no Python number among its inputs (which
+    would be a new constant, or a recompile, at every token), and the tokens of the plain loop."""
+    import gptlib.sampling as sampling
+    torch._dynamo.reset()
+    graphs = []
+    monkeypatch.setattr(sampling, "_decode_step", lambda m, compile_step: sampling._compiled_step(
+        m, backend=_recording_backend(graphs), dynamic=False))
+    prompt = torch.tensor(prompt)
+    n_new = 2 * BLOCK + 3                               # the prompt, one token at a time, two refills
+    got = generate(model, prompt, n_new, temperature=0, use_cache="static")
+    torch._dynamo.reset()
+    assert torch.equal(got, naive_greedy(model, prompt, n_new))
+    assert len(graphs) == 3                             # feeds of 3, 1 and BLOCK tokens
+    for inputs in graphs:
+        assert all(isinstance(t, torch.Tensor) for t in inputs), inputs
+
+
+def test_dynamic_cache_step_reads_a_python_number(model, monkeypatch):
+    """The contrast: through the growing KVCache the compiled step depends on len(cache)."""
+    import gptlib.sampling as sampling
+    torch._dynamo.reset()
+    graphs = []
+    monkeypatch.setattr(sampling, "_decode_step", lambda m, compile_step: sampling._compiled_step(
+        m, backend=_recording_backend(graphs), dynamic=False))
+    generate(model, [1, 2, 3], 6, temperature=0, use_cache=True)
+    torch._dynamo.reset()
+    assert len(graphs) > 2
+
+
+def test_static_cache_keeps_its_device_positions_with_its_length(model):
+    cache = StaticKVCache.for_model(model, 1)
+    idx = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        for _ in range(BLOCK + 2):                      # through a refill
+            logits = model.next_token_logits(cache.next_input(idx), cache=cache)
+            idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+            assert all(layer.pos.tolist() == [len(cache)] for layer in cache.layers)
+    assert torch.equal(cache.positions(2), torch.tensor([len(cache), len(cache) + 1]))
