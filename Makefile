@@ -86,6 +86,7 @@ grade: $(STAMP)
 autograder: $(STAMP)
 	$(PY) -m tools.autograder --out _build/autograder $(if $(CHAPTER),--chapter $(CHAPTER))
 
+# JupyterLab with jupyterlab-myst (in requirements.txt), so the notebooks' MyST renders there.
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks
 
