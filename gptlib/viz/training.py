@@ -1,5 +1,6 @@
 """Pictures for Chapter 6 (training): the learning-rate schedule, loss curves, gradient norms,
-overfitting runs side by side, and a live loss plot for interactive notebooks.
+overfitting runs side by side, a scaling sweep on log-log axes, and a live loss plot for
+interactive notebooks.
 
 Hand-written. Model and training code never import this module; the notebook calls one function
 per figure and then ``plt.show()``. A ``History`` is anything with the fields of
@@ -14,8 +15,9 @@ from typing import Callable, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FormatStrFormatter
 
-__all__ = ["plot_lr_schedule", "plot_history", "plot_grad_norms", "plot_overfitting",
+__all__ = ["plot_lr_schedule", "plot_history", "plot_grad_norms", "plot_overfitting", "plot_scaling",
            "LivePlot", "is_interactive"]
 
 
@@ -113,6 +115,31 @@ def plot_overfitting(runs: Mapping[str, object], title: str = "Train vs validati
     axes[0][0].set_ylabel("loss (nats per token)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(sizes, losses, exponent: float, intercept: float, labels=None,
+                 title: str = "Loss against model size, same number of training tokens"):
+    """Loss against non-embedding parameters on log-log axes, one marker per model (annotated with
+    ``labels``, e.g. the widths), and the fitted power law ``exp(intercept) * N ** exponent``."""
+    sizes, losses = np.asarray(sizes, dtype=float), np.asarray(losses, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    ax.plot(sizes, losses, "o", color="#1f77b4", label="trained models")
+    grid = np.geomspace(sizes.min() / 1.5, sizes.max() * 1.5, 50)
+    ax.plot(grid, np.exp(intercept) * grid ** exponent, "--", color="#d62728",
+            label=f"fit: loss ∝ N$^{{{exponent:.3f}}}$")
+    for n, loss, label in zip(sizes, losses, labels if labels is not None else []):
+        ax.annotate(str(label), (n, loss), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(FormatStrFormatter("%.1f"))                   # 2.6, not 2.6 x 10^0
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("validation loss (nats per character)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
