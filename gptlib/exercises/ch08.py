@@ -1233,7 +1233,8 @@ def _ref_pair(a, b, specials, max_len):
     return [specials["<|start|>"], *a[:n_a], specials["<|delim|>"], *b[:n_b], specials["<|classify|>"]]
 
 
-@exercise("8.23", "GPT-1's input for a pair", tier="core", difficulty=2, importance=3)
+@exercise("8.23", "GPT-1's input for a pair", builds="gptlib.classify:pair_input", tier="core",
+          difficulty=2, importance=3)
 def _(pair_input):
     s, d, c = _PAIR_SPECIALS.values()
     a, b = [1, 2, 3], [4, 5]
@@ -1261,7 +1262,8 @@ def _(pair_input):
 
 
 # --------------------------------------------------------------------------- 8.24 new tokens
-@exercise("8.24", "Room for new tokens", tier="core", difficulty=2, importance=2)
+@exercise("8.24", "Room for new tokens", builds="gptlib.classify:add_special_tokens",
+          tier="core", difficulty=2, importance=2)
 def _(add_special_tokens):
     model = _tiny_gpt(seed=3, vocab_size=11)
     config = model.config
