@@ -12,6 +12,9 @@ REFERENCES = {"9.1": llama.RMSNorm, "9.2": llama.rope_cos_sin, "9.3": llama.appl
               "9.10": llama.kv_cache_bytes, "9.11": llama.RollingKVCache, "9.12": llama.matched_llama_config}
 
 
+PASSING = sorted(REFERENCES.items())  # (exercise, reference)
+
+
 @pytest.mark.parametrize("eid", sorted(REFERENCES))
 def test_the_reference_passes(eid):
     assert run_check(eid, REFERENCES[eid]).status == "passed"
@@ -32,6 +35,17 @@ def test_a_placeholder_is_not_done(eid, candidate):
     assert run_check(eid, candidate).status == "not done"
 
 
+FAILING = []       # (exercise, candidate, words its hint must contain; None: failed or crashed)
+FAILING_IDS = []   # the test id of each row: exercise and mistake
+
+
+def _mistakes(eid, cases):
+    """Add ``{mistake: (candidate, words)}`` to FAILING."""
+    for name, (candidate, words) in cases.items():
+        FAILING.append((eid, candidate, words))
+        FAILING_IDS.append(f"{eid}-{name}")
+
+
 def _expect_failure(eid, candidate, words):
     result = run_check(eid, candidate)
     assert result.status in ("failed", "error"), (eid, result)
@@ -44,23 +58,23 @@ def _norm(forward):
     return type("WrongNorm", (llama.RMSNorm,), {"forward": forward})
 
 
-@pytest.mark.parametrize("forward, words", [
-    (lambda self, x: self.weight * x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + self.eps), "last dimension"),
-    (lambda self, x: self.weight * (x - x.mean(-1, keepdim=True)) * torch.rsqrt(
-        (x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + self.eps), "LayerNorm"),
-    (lambda self, x: self.weight * x / (x.pow(2).mean(-1, keepdim=True).sqrt() + self.eps), "inside the square root"),
-    (lambda self, x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps), "self.weight"),
-    (lambda self, x: self.weight * x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + self.eps), None),
-], ids=["axis0", "layernorm", "eps-outside", "no-weight", "sum-not-mean"])
-def test_rmsnorm_mistakes(forward, words):
-    _expect_failure("9.1", _norm(forward), words)
+def _over_time_when_3d(self, x):
+    dim = 1 if x.dim() == 3 else -1
+    return self.weight * x * torch.rsqrt(x.pow(2).mean(dim, keepdim=True) + self.eps)
 
 
-def test_rmsnorm_over_the_time_axis_is_named():
-    def forward(self, x):
-        dim = 1 if x.dim() == 3 else -1
-        return self.weight * x * torch.rsqrt(x.pow(2).mean(dim, keepdim=True) + self.eps)
-    _expect_failure("9.1", _norm(forward), "time axis")
+_mistakes("9.1", {
+    "axis0": (_norm(lambda self, x: self.weight * x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + self.eps)),
+              "last dimension"),
+    "layernorm": (_norm(lambda self, x: self.weight * (x - x.mean(-1, keepdim=True)) * torch.rsqrt(
+        (x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + self.eps)), "LayerNorm"),
+    "eps-outside": (_norm(lambda self, x: self.weight * x / (x.pow(2).mean(-1, keepdim=True).sqrt() + self.eps)),
+                    "inside the square root"),
+    "no-weight": (_norm(lambda self, x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)), "self.weight"),
+    "sum-not-mean": (_norm(lambda self, x: self.weight * x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + self.eps)),
+                     None),
+    "time-axis": (_norm(_over_time_when_3d), "time axis"),
+})
 
 
 # ---- 9.2 RoPE's angles -------------------------------------------------------------------------
@@ -74,13 +88,11 @@ def _angles(shift=0, exponent=2, layout="halves", fixed_theta=False):
     return rope_cos_sin
 
 
-@pytest.mark.parametrize("candidate, words", [
-    (_angles(shift=1), "off by one"), (_angles(shift=-1), "off by one"),
-    (_angles(exponent=1), "theta ** (-2i / head_dim)"), (_angles(layout="pairs"), "two halves"),
-    (_angles(fixed_theta=True), "use theta"),
-], ids=["start+1", "start-1", "exponent", "interleaved", "theta-ignored"])
-def test_rope_angle_mistakes(candidate, words):
-    _expect_failure("9.2", candidate, words)
+_mistakes("9.2", {
+    "start+1": (_angles(shift=1), "off by one"), "start-1": (_angles(shift=-1), "off by one"),
+    "exponent": (_angles(exponent=1), "theta ** (-2i / head_dim)"), "interleaved": (_angles(layout="pairs"), "two halves"),
+    "theta-ignored": (_angles(fixed_theta=True), "use theta"),
+})
 
 
 # ---- 9.3 the rotation --------------------------------------------------------------------------
@@ -99,15 +111,13 @@ def _in_place(x, cos, sin):
     return x
 
 
-@pytest.mark.parametrize("candidate, words", [
-    (_neighbours, "not neighbours"),
-    (lambda x, cos, sin: x * cos - _half(x) * sin, "wrong way"),
-    (lambda x, cos, sin: x * sin + _half(x) * cos, "swapped"),
-    (_in_place, "in place"),
-    (lambda x, cos, sin: x * cos, None),
-], ids=["neighbour-pairs", "wrong-direction", "cos-sin-swapped", "in-place", "no-sin"])
-def test_rope_rotation_mistakes(candidate, words):
-    _expect_failure("9.3", candidate, words)
+_mistakes("9.3", {
+    "neighbour-pairs": (_neighbours, "not neighbours"),
+    "wrong-direction": (lambda x, cos, sin: x * cos - _half(x) * sin, "wrong way"),
+    "cos-sin-swapped": (lambda x, cos, sin: x * sin + _half(x) * cos, "swapped"),
+    "in-place": (_in_place, "in place"),
+    "no-sin": (lambda x, cos, sin: x * cos, None),
+})
 
 
 # ---- 9.4 SwiGLU --------------------------------------------------------------------------------
@@ -120,15 +130,13 @@ class _BiasedSwiGLU(llama.SwiGLU):
         super().__init__(n_embd, hidden_dim, bias=True)
 
 
-@pytest.mark.parametrize("candidate, words", [
-    (_mlp(lambda s, x: s.down_proj(F.gelu(s.gate_proj(x)) * s.up_proj(x))), "not GELU"),
-    (_mlp(lambda s, x: s.down_proj(s.gate_proj(x) * F.silu(s.up_proj(x)))), "on the gate"),
-    (_mlp(lambda s, x: s.down_proj(F.silu(s.gate_proj(x)))), "multiply by up_proj"),
-    (_mlp(lambda s, x: s.down_proj(F.silu(s.gate_proj(x) * s.up_proj(x)))), "before the product"),
-    (_BiasedSwiGLU, "bias-free"),
-], ids=["gelu", "silu-on-up", "no-up", "silu-after-product", "biases"])
-def test_swiglu_mistakes(candidate, words):
-    _expect_failure("9.4", candidate, words)
+_mistakes("9.4", {
+    "gelu": (_mlp(lambda s, x: s.down_proj(F.gelu(s.gate_proj(x)) * s.up_proj(x))), "not GELU"),
+    "silu-on-up": (_mlp(lambda s, x: s.down_proj(s.gate_proj(x) * F.silu(s.up_proj(x)))), "on the gate"),
+    "no-up": (_mlp(lambda s, x: s.down_proj(F.silu(s.gate_proj(x)))), "multiply by up_proj"),
+    "silu-after-product": (_mlp(lambda s, x: s.down_proj(F.silu(s.gate_proj(x) * s.up_proj(x)))), "before the product"),
+    "biases": (_BiasedSwiGLU, "bias-free"),
+})
 
 
 def test_swiglu_placeholder_is_not_done():
@@ -136,13 +144,11 @@ def test_swiglu_placeholder_is_not_done():
 
 
 # ---- 9.5 repeat_kv -----------------------------------------------------------------------------
-@pytest.mark.parametrize("candidate, words", [
-    (lambda x, n: x.repeat(1, n, 1, 1), "do not tile"),
-    (lambda x, n: x.repeat_interleave(n, dim=2), "should have shape"),
-    (lambda x, n: x, "should have shape"),
-], ids=["tiled", "time-axis", "ignores-n_rep"])
-def test_repeat_kv_mistakes(candidate, words):
-    _expect_failure("9.5", candidate, words)
+_mistakes("9.5", {
+    "tiled": (lambda x, n: x.repeat(1, n, 1, 1), "do not tile"),
+    "time-axis": (lambda x, n: x.repeat_interleave(n, dim=2), "should have shape"),
+    "ignores-n_rep": (lambda x, n: x, "should have shape"),
+})
 
 
 # ---- 9.6 the attention -------------------------------------------------------------------------
@@ -176,15 +182,13 @@ def _attention(bug):
     return type("WrongAttention", (llama.LlamaAttention,), {"forward": forward})
 
 
-@pytest.mark.parametrize("bug, words", [
+_mistakes("9.6", {bug: (_attention(bug), words) for bug, words in [
     ("rope_on_values", "values carry content"),
     ("keys_not_rotated", "rotate the keys too"),
     ("tiled_heads", "not a tiling"),
     ("past_after_update", "read past = cache.length before cache.update"),
     ("past_off_by_one", "in pieces with a cache"),
-])
-def test_attention_mistakes(bug, words):
-    _expect_failure("9.6", _attention(bug), words)
+]})
 
 
 def test_attention_placeholder_is_not_done():
@@ -193,13 +197,13 @@ def test_attention_placeholder_is_not_done():
 
 
 # ---- 9.10 the cache's memory --------------------------------------------------------------------
-@pytest.mark.parametrize("candidate", [
-    lambda c, B, T, b=4: 2 * c.n_layer * c.n_embd * T * B * b,                                 # every head
-    lambda c, B, T, b=4: c.n_layer * c.n_kv_head * (c.n_embd // c.n_head) * T * B * b,         # keys only
-    lambda c, B, T, b=4: 2 * c.n_layer * c.n_kv_head * (c.n_embd // c.n_head) * T * B * 4,     # ignores dtype
-], ids=["no-gqa", "keys-only", "fixed-float32"])
-def test_cache_memory_mistakes(candidate):
-    _expect_failure("9.10", candidate, "your formula says")
+_mistakes("9.10", {
+    "no-gqa": (lambda c, B, T, b=4: 2 * c.n_layer * c.n_embd * T * B * b, "your formula says"),
+    "keys-only": (lambda c, B, T, b=4: c.n_layer * c.n_kv_head * (c.n_embd // c.n_head) * T * B * b,
+                  "your formula says"),
+    "fixed-float32": (lambda c, B, T, b=4: 2 * c.n_layer * c.n_kv_head * (c.n_embd // c.n_head) * T * B * 4,
+                      "your formula says"),
+})
 
 
 # ---- 9.7 the block -----------------------------------------------------------------------------
@@ -243,17 +247,15 @@ def _parallel(self, x, cos, sin, cache=None):
             + self.mlp(self.post_attention_layernorm(x)))
 
 
-@pytest.mark.parametrize("candidate, words", [
-    (llama.PostNormLlamaBlock, "Post-norm"),
-    (_block(_swapped), "input_layernorm goes before the attention"),
-    (_block(_no_residual), "the residual"),
-    (_block(_parallel), "the MLP reads the sum after the attention"),
-    (_block(init=_default_eps_init), "config.norm_eps"),
-    (_block(_no_cache), "hand the cache"),
-    (_block(init=_always_swiglu_init), "Chapter 5's MLP"),
-], ids=["post-norm", "norms-swapped", "no-attn-residual", "parallel", "default-eps", "cache-dropped", "gelu-ignored"])
-def test_block_mistakes(candidate, words):
-    _expect_failure("9.7", candidate, words)
+_mistakes("9.7", {
+    "post-norm": (llama.PostNormLlamaBlock, "Post-norm"),
+    "norms-swapped": (_block(_swapped), "input_layernorm goes before the attention"),
+    "no-attn-residual": (_block(_no_residual), "the residual"),
+    "parallel": (_block(_parallel), "the MLP reads the sum after the attention"),
+    "default-eps": (_block(init=_default_eps_init), "config.norm_eps"),
+    "cache-dropped": (_block(_no_cache), "hand the cache"),
+    "gelu-ignored": (_block(init=_always_swiglu_init), "Chapter 5's MLP"),
+})
 
 
 def test_block_placeholder_is_not_done():
@@ -295,18 +297,16 @@ def _unflattened_forward(self, idx, targets=None, cache=None):
     return logits, None if targets is None else F.cross_entropy(logits, targets)
 
 
-@pytest.mark.parametrize("candidate, words", [
-    (_model(hidden_states=_hidden(final_norm=False)), "final norm"),
-    (_model(hidden_states=_hidden(start_zero=True)), "position len(cache)"),
-    (_model(hidden_states=_hidden(layer_caches=False)), "cache.layers[i]"),
-    (_model(__init__=_untied_init), "the head is the embedding's matrix"),
-    (_model(forward=_shifted_forward), "do not shift"),
-    (_model(forward=_unflattened_forward), "reshape both"),
-    (_model(next_token_logits=lambda self, idx, cache=None: self(idx, cache=cache)[0][:, 0]), "last position"),
-], ids=["no-final-norm", "angles-restart", "no-layer-caches", "untied-head", "shifted-targets", "no-reshape",
-        "first-position"])
-def test_model_mistakes(candidate, words):
-    _expect_failure("9.8", candidate, words)
+_mistakes("9.8", {
+    "no-final-norm": (_model(hidden_states=_hidden(final_norm=False)), "final norm"),
+    "angles-restart": (_model(hidden_states=_hidden(start_zero=True)), "position len(cache)"),
+    "no-layer-caches": (_model(hidden_states=_hidden(layer_caches=False)), "cache.layers[i]"),
+    "untied-head": (_model(__init__=_untied_init), "the head is the embedding's matrix"),
+    "shifted-targets": (_model(forward=_shifted_forward), "do not shift"),
+    "no-reshape": (_model(forward=_unflattened_forward), "reshape both"),
+    "first-position": (_model(next_token_logits=lambda self, idx, cache=None: self(idx, cache=cache)[0][:, 0]),
+                       "last position"),
+})
 
 
 def test_model_placeholder_is_not_done():
@@ -338,17 +338,14 @@ def _loader(pop="when-tied", compare=True, in_place=True, no_grad=True):
     return _model(from_hf_state_dict=classmethod(from_hf_state_dict))
 
 
-@pytest.mark.parametrize("candidate, words", [
-    (_loader(pop="never"), "take lm_head.weight out first"),
-    (_loader(pop="when-present"), "only when the config ties"),
-    (_loader(pop="no-default"), "may leave lm_head.weight out"),
-    (_loader(compare=False), "raise a ValueError"),
-    (_loader(in_place=False), "param.copy_"),
-    (_loader(no_grad=False), "torch.no_grad()"),
-], ids=["head-left-in", "head-dropped-untied", "pop-without-default", "no-comparison", "not-in-place",
-        "grad-enabled"])
-def test_loading_mistakes(candidate, words):
-    _expect_failure("9.9", candidate, words)
+_mistakes("9.9", {
+    "head-left-in": (_loader(pop="never"), "take lm_head.weight out first"),
+    "head-dropped-untied": (_loader(pop="when-present"), "only when the config ties"),
+    "pop-without-default": (_loader(pop="no-default"), "may leave lm_head.weight out"),
+    "no-comparison": (_loader(compare=False), "raise a ValueError"),
+    "not-in-place": (_loader(in_place=False), "param.copy_"),
+    "grad-enabled": (_loader(no_grad=False), "torch.no_grad()"),
+})
 
 
 # ---- 9.11 the rolling cache --------------------------------------------------------------------
@@ -377,16 +374,14 @@ def _roll(newest=False, values=True, count=True, layers="all", refill=False, pre
     return _rolling(next_input)
 
 
-@pytest.mark.parametrize("candidate, words", [
-    (_roll(refill=True), "do not empty"),
-    (_roll(count=False), "self.dropped"),
-    (_roll(newest=True), "drop the oldest"),
-    (_roll(values=False), "roll the values"),
-    (_roll(prefill=False), "filled first"),
-    (_roll(layers="first"), "every layer"),
-], ids=["refill", "dropped-not-counted", "newest-dropped", "values-kept", "no-prefill", "first-layer-only"])
-def test_rolling_cache_mistakes(candidate, words):
-    _expect_failure("9.11", candidate, words)
+_mistakes("9.11", {
+    "refill": (_roll(refill=True), "do not empty"),
+    "dropped-not-counted": (_roll(count=False), "self.dropped"),
+    "newest-dropped": (_roll(newest=True), "drop the oldest"),
+    "values-kept": (_roll(values=False), "roll the values"),
+    "no-prefill": (_roll(prefill=False), "filled first"),
+    "first-layer-only": (_roll(layers="first"), "every layer"),
+})
 
 
 def test_rolling_cache_placeholder_is_not_done():
@@ -404,11 +399,19 @@ def _matched(per_unit, base=True, rounding=round):
     return matched_llama_config
 
 
-@pytest.mark.parametrize("candidate, words", [
-    (_matched(lambda c: 3 * c.n_embd), "every one of the n_layer blocks"),
-    (_matched(lambda c: 2 * c.n_embd * c.n_layer), "three matrices"),
-    (_matched(lambda c: 3 * c.n_embd * c.n_layer, base=False), "subtract what the model has"),
-    (_matched(lambda c: 3 * c.n_embd * c.n_layer, rounding=int), "not down"),
-], ids=["layers-forgotten", "two-matrices", "base-kept", "floor"])
-def test_matched_width_mistakes(candidate, words):
-    _expect_failure("9.12", candidate, words)
+_mistakes("9.12", {
+    "layers-forgotten": (_matched(lambda c: 3 * c.n_embd), "every one of the n_layer blocks"),
+    "two-matrices": (_matched(lambda c: 2 * c.n_embd * c.n_layer), "three matrices"),
+    "base-kept": (_matched(lambda c: 3 * c.n_embd * c.n_layer, base=False), "subtract what the model has"),
+    "floor": (_matched(lambda c: 3 * c.n_embd * c.n_layer, rounding=int), "not down"),
+})
+
+
+@pytest.mark.parametrize("eid, candidate, words", FAILING, ids=FAILING_IDS)
+def test_check_rejects_the_mistake(eid, candidate, words):
+    _expect_failure(eid, candidate, words)
+
+
+def test_every_exercise_has_two_named_mistakes():
+    for eid in REFERENCES:
+        assert sum(1 for e, _, _ in FAILING if e == eid) >= 2, eid

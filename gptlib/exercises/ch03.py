@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gptlib.exercises import CheckFailed, exercise, expect
+from gptlib.exercises import CheckFailed, case_seed, exercise, expect
 
 _HINT_DIAGONAL = ("the diagonal is excluded (j < i): a token may attend to itself, it is already "
                   "there; allow j <= i (the lower triangle *with* the diagonal)")
@@ -104,7 +104,7 @@ def _(causal_mask):
 # ---------------------------------------------------------------- 3.2
 def _mask_cases(seed: int):
     """(scores, mask) pairs: causal masks that broadcast, and a padding mask with empty rows."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(case_seed(seed))
     left = _causal_pad_ref(_pad_ref([2, 5, 0], 5, side="left"))
     return [
         (2.0 * torch.randn(6, 6, generator=g), _lower(6)),
@@ -211,7 +211,7 @@ class _Probe(torch.nn.Module):
         self.sees = sees  # sees(t, T) -> positions whose tokens the output at t depends on
         self.emb = torch.nn.Embedding(16, 4)
         with torch.no_grad():
-            self.emb.weight.copy_(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)))
+            self.emb.weight.copy_(torch.randn(16, 4, generator=torch.Generator().manual_seed(case_seed(0))))
 
     def forward(self, x):
         T = x.shape[1]
@@ -251,7 +251,7 @@ def _influence_pattern(sees, T: int) -> torch.Tensor:
 @exercise("3.4", "The influence matrix", builds="gptlib.masking:future_influence", tier="core",
           difficulty=3, importance=2)
 def _(future_influence):
-    x = torch.randint(0, 12, (3, 7), generator=torch.Generator().manual_seed(1))
+    x = torch.randint(0, 12, (3, 7), generator=torch.Generator().manual_seed(case_seed(1)))
     x[:, 1] = 0   # a perturbation that sets tokens to 0 changes nothing here
     probes = {"a running sum over the past": lambda t, T: range(t),
               "a model that sees the whole window": lambda t, T: range(T),
@@ -288,7 +288,7 @@ def _(future_influence):
 @exercise("3.5", "A leak detector", builds="gptlib.masking:leaks_future", tier="warm-up",
           difficulty=1, importance=2)
 def _(leaks_future):
-    x = torch.randint(0, 12, (3, 8), generator=torch.Generator().manual_seed(1))
+    x = torch.randint(0, 12, (3, 8), generator=torch.Generator().manual_seed(case_seed(1)))
     x[:, 1] = 0   # a perturbation that sets tokens to 0 changes nothing here
     for name, sees in _CAUSAL_PROBES.items():
         expect(not _verdict(leaks_future, _Probe(sees), x),
@@ -414,7 +414,7 @@ def _offset_ref(weights: torch.Tensor) -> torch.Tensor:
 
 @exercise("3.8", "Where does the cheater look?", tier="stretch", difficulty=2, importance=1)
 def _(mean_attention_offset):
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(case_seed(7))
     full = F.softmax(torch.randn(2, 3, 6, 6, generator=g), dim=-1)        # looks everywhere
     causal = _softmax_ref(torch.randn(5, 5, generator=g), _lower(5))
     ahead = torch.zeros(4, 4)
@@ -445,7 +445,7 @@ class _PrefixSum(torch.nn.Module):
 
     def __init__(self, vocab: int, weighted: bool = False):
         super().__init__()
-        self.emb = torch.randn(vocab, 3, generator=torch.Generator().manual_seed(vocab))
+        self.emb = torch.randn(vocab, 3, generator=torch.Generator().manual_seed(case_seed(vocab)))
         self.weighted = weighted
 
     def forward(self, idx):
@@ -455,6 +455,17 @@ class _PrefixSum(torch.nn.Module):
         return e.cumsum(dim=1) + self.emb[idx]
 
 
+def _shuffle_seed(T: int) -> int:
+    """A generator seed, from ``case_seed(1)`` on, whose ``randperm(T - 1)`` moves some token (the
+    weighted model must move) and whose ``randperm(T)`` moves the last one (shuffling the whole
+    row must show)."""
+    seed = case_seed(1)
+    while (torch.equal(torch.randperm(T - 1, generator=torch.Generator().manual_seed(seed)), torch.arange(T - 1))
+           or torch.randperm(T, generator=torch.Generator().manual_seed(seed))[-1] == T - 1):
+        seed += 1
+    return seed
+
+
 @exercise("3.9", "Does the order of the prefix matter?", builds="gptlib.masking:prefix_shuffle_change",
           tier="stretch", difficulty=2, importance=2)
 def _(prefix_shuffle_change):
@@ -462,7 +473,8 @@ def _(prefix_shuffle_change):
     for B, T in [(3, 8), (1, 6)]:
         x = torch.arange(B * T).reshape(B, T) % vocab                   # distinct tokens in a row
         where = f"on a batch of shape {(B, T)}"
-        bag = prefix_shuffle_change(_PrefixSum(vocab), x, torch.Generator().manual_seed(1))
+        seed = _shuffle_seed(T)
+        bag = prefix_shuffle_change(_PrefixSum(vocab), x, torch.Generator().manual_seed(seed))
         expect(isinstance(bag, (float, int)) or (isinstance(bag, torch.Tensor) and bag.numel() == 1),
                f"return one number (a float), the largest change; got {type(bag).__name__}")
         if float(bag) > 1e-5:
@@ -471,15 +483,14 @@ def _(prefix_shuffle_change):
                 f"moved by {float(bag):.3g}: it sees the prefix as a bag, so shuffling the first "
                 "T - 1 tokens must change nothing there. Keep the last token in place, and compare "
                 "the outputs at the last position only (index -1), not at every position")
-        order = prefix_shuffle_change(_PrefixSum(vocab, weighted=True), x, torch.Generator().manual_seed(1))
+        order = prefix_shuffle_change(_PrefixSum(vocab, weighted=True), x, torch.Generator().manual_seed(seed))
         if float(order) < 1e-3:
             raise CheckFailed(
                 f"{where}, a model that weighs each token by its position did not move: the prefix "
                 "was not shuffled. Put x[:, :T - 1] in the order torch.randperm(T - 1, "
                 "generator=generator) gives, then append the last token")
         ref = _PrefixSum(vocab, weighted=True)
-        g = torch.Generator().manual_seed(1)
-        perm = torch.randperm(T - 1, generator=g)
+        perm = torch.randperm(T - 1, generator=torch.Generator().manual_seed(seed))
         want = (ref(torch.cat([x[:, perm], x[:, -1:]], 1))[:, -1] - ref(x)[:, -1]).abs().max()
         expect(abs(float(order) - float(want)) < 1e-4 * max(1.0, float(want)),
                f"{where}, the change is {float(order):.4g} instead of {float(want):.4g}: return the "

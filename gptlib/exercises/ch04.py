@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlib.exercises import CheckFailed, exercise, expect
+from gptlib.exercises import CheckFailed, case_seed, exercise, expect
 
 _ATOL = 1e-5
 
@@ -115,7 +115,7 @@ _FROM_SCRATCH = ("F.scaled_dot_product_attention", "torch.nn.functional.scaled_d
 @exercise("4.1", "Attention weights", builds="gptlib.attention:attention_weights", tier="core",
           difficulty=2, importance=3, forbids=_FROM_SCRATCH)
 def _(attention_weights):
-    g = torch.Generator().manual_seed(41)
+    g = torch.Generator().manual_seed(case_seed(41))
     right_before = False    # a case already passed: a later failure points at a fixed size
     for what, q, k, mask in _weight_cases(g):
         got = attention_weights(q, k, mask)
@@ -158,7 +158,7 @@ def _(attention_weights):
           builds="gptlib.attention:scaled_dot_product_attention", tier="warm-up", difficulty=1,
           importance=2, forbids=_FROM_SCRATCH)
 def _(scaled_dot_product_attention):
-    g = torch.Generator().manual_seed(42)
+    g = torch.Generator().manual_seed(case_seed(42))
     cases = [((2, 3, 5, 16), (2, 3, 7, 16), (2, 3, 7, 4), None),
              ((4, 6, 8), (4, 6, 8), (4, 6, 8), _tril(6))]
     for q_shape, k_shape, v_shape, mask in cases:
@@ -185,7 +185,7 @@ def _(scaled_dot_product_attention):
     eye = torch.eye(T).expand(3, T, T)
     ref_w = _softmax_scores(q, k, mask=_tril(T))
     p = 0.5
-    torch.manual_seed(0)
+    torch.manual_seed(case_seed(0))
     used, weights = scaled_dot_product_attention(q, k, eye, _tril(T), dropout_p=p)
     expect(_close(weights, ref_w), "with dropout_p > 0 the returned weights must be the pattern "
            "before dropout (rows summing to one); drop only the copy that multiplies v")
@@ -195,7 +195,7 @@ def _(scaled_dot_product_attention):
     expect(bool(kept.any()) and _close(used[kept], ref_w[kept] / (1 - p)),
            "with dropout_p = 0.5 the weights that survive must be scaled by 1 / (1 - p) = 2 "
            "(inverted dropout, what F.dropout does), so that their expectation is unchanged")
-    torch.manual_seed(0)
+    torch.manual_seed(case_seed(0))
     a = scaled_dot_product_attention(q, k, eye, _tril(T))[0]
     b = scaled_dot_product_attention(q, k, eye, _tril(T), dropout_p=0.0)[0]
     expect(torch.equal(a, b) and _close(a, ref_w), "with dropout_p = 0 (the default) nothing may "
@@ -210,7 +210,7 @@ def _entropy(w):
 @exercise("4.3", "Entropy of attention rows", builds="gptlib.attention:attention_entropy",
           tier="warm-up", difficulty=1, importance=1)
 def _(attention_entropy):
-    g = torch.Generator().manual_seed(43)
+    g = torch.Generator().manual_seed(case_seed(43))
     n = 8
     uniform = torch.full((2, n), 1.0 / n)
     got = attention_entropy(uniform)
@@ -256,7 +256,7 @@ _SPLIT_INTERLEAVED = ("head i does not hold channels [i*h, (i+1)*h): your heads 
 @exercise("4.4", "Split the channels into heads", builds="gptlib.attention:split_heads",
           tier="core", difficulty=2, importance=3)
 def _(split_heads):
-    g = torch.Generator().manual_seed(44)
+    g = torch.Generator().manual_seed(case_seed(44))
     for B, T, C, n_head in [(2, 5, 12, 3), (1, 7, 24, 4), (3, 4, 24, 6), (2, 3, 8, 1)]:
         x = torch.randn(B, T, C, generator=g)
         got = split_heads(x, n_head)
@@ -295,7 +295,7 @@ def _call_merge(merge_heads, y):
 @exercise("4.5", "Merge the heads", builds="gptlib.attention:merge_heads", tier="core",
           difficulty=2, importance=3)
 def _(merge_heads):
-    g = torch.Generator().manual_seed(45)
+    g = torch.Generator().manual_seed(case_seed(45))
     for B, n_head, T, h in [(2, 3, 5, 4), (1, 4, 7, 6), (3, 1, 4, 8)]:
         y = torch.randn(B, n_head, T, h, generator=g)
         got = _call_merge(merge_heads, y)
@@ -364,7 +364,7 @@ _FUSED_NOT_CAUSAL = ("without a prefix (past = 0) query i sees keys after i: the
 @exercise("4.7", "The fused kernel, after a prefix", builds="gptlib.attention:_attend_fused",
           tier="core", difficulty=2, importance=2)
 def _(attend_fused):
-    g = torch.Generator().manual_seed(407)
+    g = torch.Generator().manual_seed(case_seed(407))
     for B, H, past, T, h in [(2, 3, 0, 5, 4), (1, 2, 3, 4, 8), (2, 1, 6, 1, 4), (1, 4, 2, 6, 2)]:
         q = torch.randn(B, H, T, h, generator=g, dtype=torch.float64)
         k, v = (torch.randn(B, H, past + T, h, generator=g, dtype=torch.float64) for _ in range(2))
@@ -384,7 +384,7 @@ def _(attend_fused):
     # Dropout is handed on to the kernel (the kernel draws from torch's generator).
     q, k, v = (torch.randn(2, 2, 6, 4, generator=g) for _ in range(3))
     ref = _softmax_scores(q, k, mask=_tril(6)) @ v
-    torch.manual_seed(0)
+    torch.manual_seed(case_seed(0))
     dropped = attend_fused(q, k, v, 0, 0.5)
     expect(not _close(dropped, ref), "with dropout_p = 0.5 nothing was dropped: pass dropout_p on "
            "to F.scaled_dot_product_attention")
@@ -458,8 +458,8 @@ def _diagnose_layer(got, layer, x, n_head, generic):
 @exercise("4.8", "Multi-head causal self-attention", builds="gptlib.attention:CausalSelfAttention",
           tier="core", difficulty=3, importance=3, forbids=_FROM_SCRATCH)
 def _(CausalSelfAttention):
-    torch.manual_seed(47)
-    g = torch.Generator().manual_seed(47)
+    torch.manual_seed(case_seed(47))
+    g = torch.Generator().manual_seed(case_seed(47))
     for B, T, C, n_head in [(2, 6, 24, 4), (1, 9, 16, 1), (3, 5, 32, 8)]:
         layer = CausalSelfAttention(C, n_head).eval()
         where = f"CausalSelfAttention({C}, {n_head}) on x {(B, T, C)}"
@@ -532,7 +532,7 @@ def _(CausalSelfAttention):
                "nn.Dropout modules, which switch off in .eval(), not F.dropout")
     # The cache path is Exercise 4.9; here the fused path's dropout, in training and evaluation.
     layer.train()
-    torch.manual_seed(0)
+    torch.manual_seed(case_seed(0))
     a = layer(x)
     expect(not torch.equal(a, layer(x)), "with dropout = 0.5 in training mode two calls of "
            "forward(x) gave the same output: hand the layer's dropout to _attend_fused in training")
@@ -567,7 +567,7 @@ def _in_pieces(layer, x, splits, keys):
 @exercise("4.9", "The cache path", builds="gptlib.attention:CausalSelfAttention", tier="core",
           difficulty=2, importance=2, forbids=_FROM_SCRATCH)
 def _(CausalSelfAttention):
-    g = torch.Generator().manual_seed(49)
+    g = torch.Generator().manual_seed(case_seed(49))
     for C, n_head, splits in [(24, 3, [(0, 4), (4, 5), (5, 9)]), (16, 2, [(0, 1), (1, 3), (3, 7)])]:
         layer = CausalSelfAttention(C, n_head).eval().double()
         T = splits[-1][1]
@@ -616,8 +616,8 @@ _VOCAB, _BLOCK = 11, 8
 def _(Decoder):
     """Measured on the learner's decoder class ``Decoder(vocab_size, block_size, n_embd, n_head)``,
     whose forward maps idx (B, T) to logits (B, T, vocab_size)."""
-    torch.manual_seed(48)
-    g = torch.Generator().manual_seed(48)
+    torch.manual_seed(case_seed(48))
+    g = torch.Generator().manual_seed(case_seed(48))
     for n_embd, n_head, T in [(16, 2, 6), (24, 4, 8)]:
         model = Decoder(_VOCAB, _BLOCK, n_embd, n_head).eval()
         B = 3

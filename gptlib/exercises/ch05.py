@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptlib.exercises import CheckFailed, exercise, expect
+from gptlib.exercises import CheckFailed, case_seed, exercise, expect
 
 _IGNORE = -100
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -36,7 +36,7 @@ def _shape(t) -> str:
 @torch.no_grad()
 def _randomise(module: nn.Module, scale: float = 0.3, seed: int = 0) -> None:
     """Every parameter matters: gains in [0.5, 1.5], everything else N(0, scale^2)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(case_seed(seed))
     for name, p in module.named_parameters():
         if p.dim() == 1 and name.endswith("weight"):
             p.copy_(torch.rand(p.shape, generator=g) + 0.5)
@@ -116,7 +116,7 @@ def _(LayerNorm):
     expect(no_bias.bias is None and len(list(no_bias.parameters())) == 1,
            "LayerNorm(8, bias=False) has no shift: its bias attribute is None and weight is its "
            "only parameter")
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator().manual_seed(case_seed(5))
     probes = [  # (x, eps, bias): ordinary values, tiny variance (eps matters), few features (C-1 vs C)
         (torch.randn(3, 5, 8, generator=g) * 2 + 1, 1e-5, True),
         (torch.randn(4, 6, 16, generator=g) * 3e-3 + 0.5, 1e-5, True),
@@ -177,7 +177,7 @@ def _gelu_variants(x):
           importance=2, forbids=("F.gelu", "nn.GELU"))
 def _(GELU):
     gelu = GELU(fused=False)
-    g = torch.Generator().manual_seed(52)
+    g = torch.Generator().manual_seed(case_seed(52))
     for x in (torch.linspace(-8, 8, 2001), torch.randn(3, 5, 7, generator=g) * 3):
         with torch.no_grad():
             out = gelu(x.clone())
@@ -198,7 +198,7 @@ def _(GELU):
 # --------------------------------------------------------------------------- 5.3 MLP
 @exercise("5.3", "The MLP", builds="gptlib.block:MLP", tier="warm-up", difficulty=1, importance=2)
 def _(MLP):
-    torch.manual_seed(53)
+    torch.manual_seed(case_seed(53))
     for C, expansion, bias, p in ((8, 4, True, 0.0), (12, 2, False, 0.5), (16, 4, True, 0.1)):
         mlp = MLP(C, dropout=p, bias=bias, expansion=expansion)
         where = f"MLP({C}, dropout={p}, bias={bias}, expansion={expansion})"
@@ -523,7 +523,7 @@ def _initialisation(GPT) -> None:
 
     L = 8
     cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=L, n_head=4, n_embd=256)
-    torch.manual_seed(57)
+    torch.manual_seed(case_seed(57))
     m = GPT(cfg)
     for std in (0.02, 0.1):
         with torch.no_grad():
@@ -585,7 +585,7 @@ def _gpt2_reference(sd: dict, idx, n_head: int, pos: bool = True, ln_f: bool = T
 
 def _random_gpt2(vocab, n_positions, n_embd, n_layer, n_head, seed):
     """Random GPT-2 weights under gptlib's names, and Hugging Face's logits function (or None)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(case_seed(seed))
     C = n_embd
     shapes = {"transformer.wte.weight": (vocab, C), "transformer.wpe.weight": (n_positions, C)}
     for i in range(n_layer):
@@ -660,7 +660,7 @@ def _forward(GPT) -> None:
                f"the model's parameters are not GPT-2's: missing {missing}, unexpected {unexpected}")
         where = (f"with the weights of a random GPT-2 (vocab {s['vocab']}, context {s['n_positions']}, "
                  f"{s['n_layer']} blocks of {s['n_head']} heads, width {s['n_embd']})")
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(case_seed(seed))
         T = s["n_positions"]
         for idx in (torch.randint(s["vocab"], (3, T), generator=g), torch.randint(s["vocab"], (1, 5), generator=g)):
             with torch.no_grad():
@@ -750,7 +750,7 @@ def _(GPT):
 # --------------------------------------------------------------------------- 5.9 HF conversion
 def _hf_state_dict(n_layer, C, V, T, seed, prefix=True, buffers=True, masked_bias=False, head=True):
     """A GPT-2 state dict as Hugging Face stores it, and what gptlib expects from it."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(case_seed(seed))
     pre = "transformer." if prefix else ""
     hf, ours = {}, {}
 
@@ -951,7 +951,7 @@ def _groups_of(model) -> dict:
 def _(parameter_breakdown):
     from gptlib.model import GPT, GPTConfig
 
-    torch.manual_seed(511)
+    torch.manual_seed(case_seed(511))
     cases = [("a tied GPT", GPTConfig(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=16), False),
              ("a GPT with an untied head", GPTConfig(vocab_size=30, block_size=8, n_layer=3, n_head=2,
                                                        n_embd=8), True),
@@ -1061,7 +1061,7 @@ def _as_floats(values, n, where):
 def _(residual_stds):
     from gptlib.model import GPT, GPTConfig
 
-    torch.manual_seed(511)
+    torch.manual_seed(case_seed(511))
     small = GPTConfig(vocab_size=64, block_size=16, n_layer=3, n_head=2, n_embd=32)
     m = GPT(small).eval()
     _randomise(m.transformer.h, scale=0.2)

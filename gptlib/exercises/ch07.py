@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gptlib.exercises import CheckFailed, exercise, expect
+from gptlib.exercises import CheckFailed, case_seed, exercise, expect
 
 _ATOL = 1e-5
 _NEG_INF = float("-inf")
@@ -20,7 +20,7 @@ _NEG_INF = float("-inf")
 
 # ---- inputs and comparisons ------------------------------------------------------------------
 def _logits(rows: int, vocab: int, seed: int, scale: float = 2.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(case_seed(seed))
     return torch.randn(rows, vocab, generator=g) * scale
 
 
@@ -91,10 +91,11 @@ def _probs(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=Non
 
 
 def _tiny_gpt(seed: int = 0, vocab_size: int = 11, block_size: int = 8, n_layer: int = 2,
-              dropout: float = 0.0):
-    """A small random GPT whose greedy text varies (weights scaled up), in eval mode."""
+              dropout: float = 0.0, fixed: bool = False):
+    """A small random GPT whose greedy text varies (weights scaled up), in eval mode; drawn from
+    ``case_seed(seed)`` (the grader's own weights), or from ``seed`` itself when ``fixed``."""
     from gptlib.model import GPT, GPTConfig
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if fixed else case_seed(seed))
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
                           n_head=2, n_embd=16, dropout=dropout))
     with torch.no_grad():
@@ -103,8 +104,9 @@ def _tiny_gpt(seed: int = 0, vocab_size: int = 11, block_size: int = 8, n_layer:
     return model.eval()
 
 
-def _prompt(batch: int, length: int, vocab: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+def _prompt(batch: int, length: int, vocab: int, seed: int, fixed: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed if fixed else case_seed(seed))
+    return torch.randint(0, vocab, (batch, length), generator=g)
 
 
 @torch.no_grad()
@@ -152,20 +154,26 @@ def _run_loop(fn, what: str, *args, **kwargs):
 
 
 def _diagnose_greedy(out, model, prompt, n, what: str) -> None:
-    """``out`` differs from the naive greedy loop: name the likely mistake."""
+    """``out`` differs from the naive greedy loop: name the likely mistake. Returns without a
+    verdict when two mistakes give these same tokens (a one-token prompt: its first position is
+    its last), so that another case can tell them apart."""
     expect(isinstance(out, torch.Tensor), f"return a tensor of token ids, got {type(out).__name__}")
     want = (prompt.size(0), prompt.size(1) + n)
     expect(tuple(out.shape) == want, f"{what}: expected shape {want} (the prompt followed by "
            f"{n} new tokens), got {tuple(out.shape)}")
     expect(torch.equal(out[:, :prompt.size(1)], prompt), f"{what}: the result must start with the "
            "prompt, unchanged")
-    if torch.equal(out, _naive_loop(model, prompt, n, position=0)):
+    first_position = torch.equal(out, _naive_loop(model, prompt, n, position=0))
+    no_append = torch.equal(out, _naive_no_append(model, prompt, n))
+    if first_position and no_append:
+        return
+    if first_position:
         raise CheckFailed(f"{what}: you chose from the logits of the first position. Position t "
                           "predicts the token after t: take the last position, logits[:, -1]")
     if torch.equal(out, _naive_loop(model, prompt, n, crop="first")):
         raise CheckFailed(f"{what}: once the text is longer than block_size you fed its *first* "
                           "block_size tokens. Crop to the last ones, idx[:, -block_size:]")
-    if torch.equal(out, _naive_no_append(model, prompt, n)):
+    if no_append:
         raise CheckFailed(f"{what}: every new token is the same one. Each step must see the "
                           "token chosen at the step before: append it to the context")
     raise CheckFailed(f"{what}: your tokens differ from greedy decoding (the argmax of the last "
@@ -178,12 +186,19 @@ _GREEDY_CASES = [  # (seed, batch, prompt length, new tokens) on a model with bl
 
 def _expect_greedy(loop, model, call: str, **kw) -> None:
     """``loop(model, prompt, n, **kw)`` writes the naive greedy loop's tokens on every case."""
+    undecided = None
     for seed, batch, length, n in _GREEDY_CASES:
         prompt = _prompt(batch, length, model.config.vocab_size, seed)
         what = f"{call} on {batch} prompts of {length} tokens, {n} new (block_size 8)"
         out = _run_loop(loop, what, model, prompt.clone(), n, **kw)
         if not (isinstance(out, torch.Tensor) and torch.equal(out, _naive_loop(model, prompt, n))):
             _diagnose_greedy(out, model, prompt, n, what)
+            undecided = undecided or what
+    if undecided:
+        raise CheckFailed(f"{undecided}: every new token is the one the prompt's first position "
+                          "predicts. Either you chose from the logits of the first position (take "
+                          "the last, logits[:, -1]) or no step saw the token chosen before it "
+                          "(append it to the context)")
 
 
 @exercise("7.1", "The greedy loop", builds="gptlib.exercises.ch07:greedy_loop", tier="warm-up",
@@ -379,7 +394,7 @@ def _(next_token_probs):
 
 # ---- 7.6 the generation loop -------------------------------------------------------------------
 def _sampled_reference(model, prompt, n, seed, **kw):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(case_seed(seed))
 
     def choose(logits):
         return torch.multinomial(_probs(logits, **kw), 1, generator=g)
@@ -400,7 +415,9 @@ def _with_stops(free: torch.Tensor, prompt_len: int, stops) -> torch.Tensor:
 
 
 def _stop_checks(generate, model, cache_kw) -> None:
-    prompt = _prompt(3, 4, model.config.vocab_size, seed=11)
+    """Stop tokens on ``model`` (drawn with ``fixed=True``): the case is hand-picked, every row
+    meets a stop token within the 12 steps, which a salted model or prompt need not do."""
+    prompt = _prompt(3, 4, model.config.vocab_size, seed=11, fixed=True)
     free = _naive_loop(model, prompt, 12)
     stop = int(free[0, 4 + 2])                          # row 0's third new token
     prompt[1, 1] = stop                                 # a stop token in a prompt stops nothing
@@ -436,7 +453,7 @@ def _(generate):
                dict(temperature=1.2, top_p=0.9)):
         what = "sampling with " + ", ".join(f"{k}={v}" for k, v in kw.items())
         runs = [generate(model, prompt.clone(), 14, use_cache=False,
-                         generator=torch.Generator().manual_seed(s), **kw) for s in (0, 0)]
+                         generator=torch.Generator().manual_seed(case_seed(s)), **kw) for s in (0, 0)]
         expect(torch.equal(runs[0], runs[1]), f"{what}: the same seed gave two different texts. "
                "Draw with the generator you were given: sample_next(..., generator)")
         want = _sampled_reference(model, prompt, 14, 0, **kw)
@@ -448,7 +465,7 @@ def _(generate):
         raise CheckFailed(f"{what}: your tokens differ from one draw per step with "
                           "torch.multinomial(probs, 1, generator) from next_token_probs(logits of "
                           "the last position, temperature, top_k, top_p)")
-    _stop_checks(generate, model, dict(use_cache=False))
+    _stop_checks(generate, _tiny_gpt(seed=0, fixed=True), dict(use_cache=False))
     _eval_mode_checks(generate)
 
 
@@ -480,7 +497,7 @@ class _Cache:
 
 
 def _kv(batch, heads, T, size, seed, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(case_seed(seed))
     return (torch.randn(batch, heads, T, size, generator=g).to(dtype),
             torch.randn(batch, heads, T, size, generator=g).to(dtype))
 
@@ -533,7 +550,7 @@ def _(LayerKVCache):
         raise CheckFailed("a cache of capacity 6 holding 3 positions accepted 4 more: raise a "
                           "ValueError (in _check_room) when the cache would overflow")
     from gptlib.model import GPT, GPTConfig
-    torch.manual_seed(0)
+    torch.manual_seed(case_seed(0))
     model = GPT(GPTConfig(vocab_size=13, block_size=12, n_layer=2, n_head=2, n_embd=16)).eval()
     idx = _prompt(2, 12, 13, seed=5)
     cache = _Cache(LayerKVCache, 2, 12)
@@ -671,11 +688,11 @@ def _(generate):
     prompt = _prompt(2, 2, model.config.vocab_size, seed=9)
     kw = dict(temperature=0.9, top_k=6, top_p=0.95)
     out = generate(model, prompt.clone(), 2 * bs + 3, use_cache=True,
-                   generator=torch.Generator().manual_seed(0), **kw)
+                   generator=torch.Generator().manual_seed(case_seed(0)), **kw)
     expect(torch.equal(out, _sampled_reference(model, prompt, 2 * bs + 3, 0, **kw)),
-           "sampling with the cache (temperature 0.9, top-k 6, top-p 0.95, seed 0) must write the "
+           "sampling with the cache (temperature 0.9, top-k 6, top-p 0.95, one seed) must write the "
            "tokens sampling without it writes")
-    _stop_checks(generate, model, dict(use_cache=True))
+    _stop_checks(generate, _tiny_gpt(seed=1, fixed=True).double(), dict(use_cache=True))
 
 
 # ---- 7.10 stretch: count the work ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from gptlib.exercises import CheckFailed, exercise, expect
+from gptlib.exercises import CheckFailed, case_seed, exercise, expect
 
 
 # ---- private references ----------------------------------------------------------------------
@@ -103,7 +103,7 @@ def _which(out, wrongs: dict, atol=1e-5):
 @exercise("9.1", "RMSNorm", builds="gptlib.llama:RMSNorm", tier="warm-up", difficulty=1, importance=3,
           forbids=("F.rms_norm", "torch.nn.functional.rms_norm", "nn.RMSNorm", "torch.nn.RMSNorm"))
 def _(RMSNorm):
-    g = torch.Generator().manual_seed(9)
+    g = torch.Generator().manual_seed(case_seed(9))
     for shape, eps, scale in (((4, 16), 1e-6, 3.0), ((2, 5, 16), 1e-5, 1.0), ((3, 7), 1e-2, 0.05)):
         norm = RMSNorm(shape[-1], eps=eps)
         expect(tuple(norm.weight.shape) == (shape[-1],) and torch.equal(norm.weight, torch.ones(shape[-1])),
@@ -160,7 +160,7 @@ def _(rope_cos_sin):
 @exercise("9.3", "Rotate queries and keys", builds="gptlib.llama:apply_rope", tier="core", difficulty=2,
           importance=3)
 def _(apply_rope):
-    g = torch.Generator().manual_seed(93)
+    g = torch.Generator().manual_seed(case_seed(93))
     for shape, start, theta in (((2, 3, 5, 8), 0, 10000.0), ((1, 2, 4, 16), 9, 100.0), ((1, 1, 3, 4), 2, 10.0)):
         x = torch.randn(shape, generator=g)
         before = x.clone()
@@ -193,7 +193,7 @@ def _(apply_rope):
 # ---- 9.4 SwiGLU --------------------------------------------------------------------------------
 @exercise("9.4", "The SwiGLU MLP", builds="gptlib.llama:SwiGLU", tier="warm-up", difficulty=1, importance=2)
 def _(SwiGLU):
-    g = torch.Generator().manual_seed(94)
+    g = torch.Generator().manual_seed(case_seed(94))
     for C, H in ((8, 12), (6, 16)):
         mlp = SwiGLU(C, H)
         for name, shape in (("gate_proj", (H, C)), ("up_proj", (H, C)), ("down_proj", (C, H))):
@@ -224,7 +224,7 @@ def _(SwiGLU):
 @exercise("9.5", "Share key/value heads", builds="gptlib.llama:repeat_kv", tier="warm-up", difficulty=2,
           importance=2)
 def _(repeat_kv):
-    g = torch.Generator().manual_seed(95)
+    g = torch.Generator().manual_seed(case_seed(95))
     for shape, n_rep in (((2, 2, 3, 4), 3), ((1, 4, 5, 2), 2), ((1, 1, 2, 4), 4), ((2, 3, 2, 2), 1)):
         x = torch.randn(shape, generator=g)
         out = repeat_kv(x, n_rep)
@@ -245,7 +245,7 @@ def _(repeat_kv):
 @exercise("9.6", "Attention with RoPE and shared heads", builds="gptlib.llama:LlamaAttention", tier="core",
           difficulty=3, importance=3)
 def _(LlamaAttention):
-    g = torch.Generator().manual_seed(96)
+    g = torch.Generator().manual_seed(case_seed(96))
     theta = 100.0
     for n_head, n_kv_head in ((4, 4), (4, 2), (4, 1)):
         cfg = SimpleNamespace(n_embd=16, n_head=n_head, n_kv_head=n_kv_head, head_dim=4)
@@ -301,7 +301,7 @@ def _(kv_cache_bytes):
                           hidden_dim=8), Llama, 2, 7, torch.bfloat16),
              (GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=8), GPT, 1, 4, torch.float32)]
     for config, cls, B, T, dtype in cases:
-        torch.manual_seed(0)
+        torch.manual_seed(case_seed(0))
         model = cls(config).to(dtype)
         cache = KVCache(config.n_layer, T)
         with torch.no_grad():
@@ -403,7 +403,7 @@ def _small_config(**kw):
 # ---- 9.7 the block -----------------------------------------------------------------------------
 @exercise("9.7", "The Llama block", builds="gptlib.llama:LlamaBlock", tier="core", difficulty=2, importance=3)
 def _(LlamaBlock):
-    g = torch.Generator().manual_seed(97)
+    g = torch.Generator().manual_seed(case_seed(97))
     for n_kv_head in (2, 1):
         cfg = _small_config(n_kv_head=n_kv_head, norm_eps=0.3)
         block = LlamaBlock(cfg)
@@ -449,7 +449,7 @@ def _(LlamaBlock):
 def _(Llama):
     from gptlib.model import IGNORE_INDEX
     from gptlib.sampling import KVCache
-    g = torch.Generator().manual_seed(98)
+    g = torch.Generator().manual_seed(case_seed(98))
     for tie, n_kv_head in ((True, 2), (False, 1)):
         cfg = _small_config(n_kv_head=n_kv_head, tie_embeddings=tie)
         what = f" (tie_embeddings={tie}, n_kv_head={n_kv_head})"
@@ -521,7 +521,7 @@ def _hf_state_dict(cfg, g, head):
 
 @exercise("9.9", "Load Hugging Face weights", builds="gptlib.llama:Llama", tier="core", difficulty=2, importance=3)
 def _(Llama):
-    g = torch.Generator().manual_seed(99)
+    g = torch.Generator().manual_seed(case_seed(99))
     hints = {(True, "tied"): "a tied model's state dict holds lm_head.weight too (equal to model.embed_tokens.weight), "
                              "and named_parameters lists the shared matrix once: take lm_head.weight out first",
              (True, "absent"): "a tied state dict may leave lm_head.weight out: take it out only when it is there",
@@ -601,7 +601,7 @@ def _(RollingKVCache):
         _store(cache, [seen])
     # a one-layer model: rolling computes the last window exactly
     from gptlib.llama import Llama
-    torch.manual_seed(1)
+    torch.manual_seed(case_seed(1))
     model = Llama(_small_config(n_layer=1, block_size=6)).eval()
     tokens, cache = torch.tensor([[1, 2, 3]]), RollingKVCache(1, 6)
     with torch.no_grad():
