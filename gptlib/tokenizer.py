@@ -15,7 +15,7 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import regex
 
@@ -297,6 +297,16 @@ _VERSION = 1
 _TIKTOKEN_MERGES: dict[str, tuple[list[int], list[tuple[Pair, int]]]] = {}   # per encoding name
 
 
+def _refuse_specials(text: str, disallowed: Iterable[str]) -> None:
+    """ValueError when ``text`` contains one of the ``disallowed`` special tokens (as tiktoken does)."""
+    for s in sorted(disallowed):
+        if s in text:
+            raise ValueError(
+                f"text contains the special token {s!r}. Pass allowed_special={{{s!r}}} (or "
+                f"'all') to encode it as a special token, or disallowed_special=() to encode it "
+                f"as ordinary text")
+
+
 class BPETokenizer:
     """A byte-level BPE tokenizer: GPT-2's regex pre-tokenization, merges, special tokens.
 
@@ -406,6 +416,20 @@ class BPETokenizer:
         return self
 
     # -- encoding and decoding -----------------------------------------------------------------
+    def _special_sets(self, allowed_special: str | Iterable[str],
+                      disallowed_special: str | Iterable[str]) -> tuple[set[str], set[str]]:
+        """Check ``allowed_special`` and ``disallowed_special`` as :meth:`encode` takes them; the two sets."""
+        for name, value in (("allowed_special", allowed_special), ("disallowed_special", disallowed_special)):
+            if isinstance(value, str) and value != "all":
+                raise ValueError(f"{name} must be 'all' or a set of strings, got the string {value!r} "
+                                 f"(write {{{value!r}}} for a single token)")
+        known = set(self.special_tokens)
+        allowed = known if allowed_special == "all" else set(allowed_special)
+        unknown = allowed - known
+        if unknown:
+            raise ValueError(f"allowed_special names tokens this tokenizer does not have: {sorted(unknown)}")
+        return allowed, known - allowed if disallowed_special == "all" else set(disallowed_special)
+
     def encode(self, text: str, allowed_special: str | Iterable[str] = (),
                disallowed_special: str | Iterable[str] = "all") -> list[int]:
         """Encode ``text`` to ids, treating special tokens exactly as tiktoken does.
@@ -417,22 +441,8 @@ class BPETokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        for name, value in (("allowed_special", allowed_special), ("disallowed_special", disallowed_special)):
-            if isinstance(value, str) and value != "all":
-                raise ValueError(f"{name} must be 'all' or a set of strings, got the string {value!r} "
-                                 f"(write {{{value!r}}} for a single token)")
-        known = set(self.special_tokens)
-        allowed = known if allowed_special == "all" else set(allowed_special)
-        unknown = allowed - known
-        if unknown:
-            raise ValueError(f"allowed_special names tokens this tokenizer does not have: {sorted(unknown)}")
-        disallowed = known - allowed if disallowed_special == "all" else set(disallowed_special)
-        for s in sorted(disallowed):
-            if s in text:
-                raise ValueError(
-                    f"text contains the special token {s!r}. Pass allowed_special={{{s!r}}} (or "
-                    f"'all') to encode it as a special token, or disallowed_special=() to encode it "
-                    f"as ordinary text")
+        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+        _refuse_specials(text, disallowed)
         ids: list[int] = []
         if allowed:
             pattern = "(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")"
@@ -458,6 +468,47 @@ class BPETokenizer:
                 out = cache[chunk] = _encode_chunk(chunk, self.byte_ids, self.merges)
             ids.extend(out)
         return ids
+
+    def encode_iterable(self, texts: Iterable[str], allowed_special: str | Iterable[str] = (),
+                        disallowed_special: str | Iterable[str] = "all") -> Iterator[int]:
+        """Encode a stream of strings lazily: the same ids as ``encode("".join(texts), ...)``.
+
+        ``texts`` is any iterable of strings, such as an open text file (its lines). An id comes out
+        once no later text can change it: the buffer keeps only the last pre-tokenization chunks
+        (two chunks and a few characters: a ``"\\n\\n"`` split between two lines, a word cut in
+        two) and the characters where a special token could begin. Memory is bounded by the
+        longest string of ``texts`` and the longest chunk, not by the whole text. A disallowed
+        special token raises ``ValueError`` when the stream reaches it.
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode_iterable takes an iterable of strings (a list of lines, an open "
+                            "file); to encode one string, use encode")
+        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+        specials = (regex.compile("|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)))
+                    if allowed else None)
+        longest = max(map(len, allowed), default=1)          # a special token may start in the last longest - 1
+        watch = max(map(len, disallowed), default=1) - 1     # text kept to find a disallowed token cut in two
+        tail = buffer = ""
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"encode_iterable takes strings, got {type(text).__name__}")
+            seen = tail + text
+            _refuse_specials(seen, disallowed)
+            tail = seen[-watch:] if watch else ""
+            buffer += text
+            while specials is not None and (m := specials.search(buffer)) and m.start() + longest <= len(buffer):
+                yield from self.encode_ordinary(buffer[:m.start()])
+                yield self.special_tokens[m.group()]
+                buffer = buffer[m.end():]
+            certain = max(0, len(buffer) - (longest - 1))     # no special token starts before this
+            final = list(self._split.finditer(buffer[:certain]))[:-2]
+            while final and final[-1].end() > certain - 4:    # "'ll" looks three characters ahead
+                final.pop()
+            for chunk in final:
+                yield from self.encode_ordinary(chunk.group())
+            if final:
+                buffer = buffer[final[-1].end():]
+        yield from self.encode(buffer, allowed_special=allowed, disallowed_special=())
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes that ``ids`` stand for, concatenated (special tokens as their UTF-8 text)."""

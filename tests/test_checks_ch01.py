@@ -446,6 +446,24 @@ class _TrainUnweighted(BPETokenizer):
         return self
 
 
+class _StreamPieceByPiece(BPETokenizer):
+    def encode_iterable(self, texts, allowed_special=(), disallowed_special="all"):
+        for text in texts:
+            yield from self.encode(text, allowed_special, disallowed_special)
+
+
+class _StreamKeepsOneChunk(BPETokenizer):
+    def encode_iterable(self, texts, allowed_special=(), disallowed_special="all"):
+        buffer = ""
+        for text in texts:
+            buffer += text
+            chunks = self._split.findall(buffer)[:-1]             # only the last chunk kept back
+            for chunk in chunks:
+                yield from self.encode_ordinary(chunk)
+            buffer = buffer[sum(map(len, chunks)):]
+        yield from self.encode(buffer, allowed_special, disallowed_special)
+
+
 # ---------------------------------------------------------------- 1.10 straddling tokens
 def crossing_ref(tok, text, pattern=GPT2_SPLIT_PATTERN):
     ends, at = set(), 0
@@ -565,6 +583,8 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("1.9", _SpecialsDropped, "should give tiktoken's ids"),
     ("1.9", _TrainOneChunk, "across chunk boundaries"),
     ("1.9", _TrainUnweighted, "how many times it occurs"),
+    ("1.9", _StreamPieceByPiece, "each string on its own"),
+    ("1.9", _StreamKeepsOneChunk, "keep back the last two chunks"),
     ("1.10", _crossing_in_characters, "offsets are in bytes"),
     ("1.10", _crossing_counts_boundaries, "counts once"),
     ("1.10", _crossing_includes_ends, "end exactly at chunk ends"),

@@ -710,12 +710,39 @@ def _check_encode(candidate):
                                     f"tiktoken's ids {want}, got {got}")
 
 
+def _check_stream(candidate):
+    rng = random.Random(19)
+    words = ["the", " then", " there's", " cat.", "'ll", " 42", "\n", "\n\n", "  ", " \n", "x", _EOT]
+    text = "".join(rng.choice(words) for _ in range(400))
+    plain = text.replace(_EOT, "")
+    tok = candidate.from_merges(_train_reference(plain, 256 + 20), special_tokens={_EOT: 276})
+    cuts = sorted(rng.sample(range(1, len(text)), 150))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    for name, stream, source, allowed in (("its lines", plain.splitlines(keepends=True), plain, ()),
+                                          ("one character at a time", list(plain[:600]), plain[:600], ()),
+                                          ("150 random pieces", pieces, text, "all")):
+        want = tok.encode(source, allowed_special=allowed)
+        got = list(tok.encode_iterable(stream, allowed_special=allowed))
+        if got != want:
+            one_by_one = [i for p in stream for i in tok.encode(p, allowed_special=allowed)]
+            if got == one_by_one:
+                raise CheckFailed(f"encode_iterable on {name} encoded each string on its own: a chunk "
+                                  "can continue in the next string (a word cut in two, '\\n' then '\\n'); "
+                                  "keep the last chunks in the buffer until more text has come")
+            k = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            raise CheckFailed(f"encode_iterable on {name} should give encode's ids on the joined text; "
+                              f"they differ from id {k} on ({want[k:k + 6]} expected, got {got[k:k + 6]}): "
+                              "keep back the last two chunks and any chunk ending within four "
+                              "characters of where a special token could start")
+
+
 @exercise("1.9", "Train, encode and decode", builds="gptlib.tokenizer:BPETokenizer", tier="core",
           difficulty=2, importance=3)
 def _(candidate):
     _check_vocab(candidate)
     _check_decode(candidate)
     _check_encode(candidate)
+    _check_stream(candidate)
     _check_train(candidate)
 
 
