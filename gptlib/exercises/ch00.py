@@ -157,9 +157,11 @@ def _(next_token_targets):
 def _(masked_lm_targets):
     mask_id = 0
     for length, rate, seed in ((40, 0.15, 0), (60, 0.5, 1), (30, 0.0, 2), (25, 1.0, 3)):
-        ids = torch.randint(1, 20, (length,), generator=torch.Generator().manual_seed(case_seed(100 + seed)))
+        ids = torch.randint(1, 20, (length,),
+                            generator=torch.Generator().manual_seed(case_seed(100 + seed)))
         before = ids.clone()
-        inputs, targets = masked_lm_targets(ids, mask_id, rate, torch.Generator().manual_seed(case_seed(seed)))
+        inputs, targets = masked_lm_targets(ids, mask_id, rate,
+                                            torch.Generator().manual_seed(case_seed(seed)))
         expect(torch.equal(ids, before), "ids was modified: build new tensors (masked_fill, not masked_fill_)")
         chosen = torch.rand(length, generator=torch.Generator().manual_seed(case_seed(seed))) < rate
         ref_inputs = ids.masked_fill(chosen, mask_id)
@@ -209,7 +211,7 @@ def _(NGramModel):
                    f"{(got.double() - ref.double()).abs().max():.3g}); a key that is not in the sorted "
                    "list must count 0, not the count of its neighbour (check keys[at] == query), "
                    "and a query past the last key must not index out of range")
-        for start in sorted({0, 7, len(val) - n, *range(1, len(val) - n, 8)}):  # salted texts: many contexts
+        for start in sorted({0, 7, len(val) - n, *range(1, len(val) - n, 8)}):  # many contexts
             context = val[: start + n - 1]
             probs = model.next_probs(context)
             expect(isinstance(probs, torch.Tensor) and probs.shape == (vocab,),

@@ -211,7 +211,8 @@ class _Probe(torch.nn.Module):
         self.sees = sees  # sees(t, T) -> positions whose tokens the output at t depends on
         self.emb = torch.nn.Embedding(16, 4)
         with torch.no_grad():
-            self.emb.weight.copy_(torch.randn(16, 4, generator=torch.Generator().manual_seed(case_seed(0))))
+            g = torch.Generator().manual_seed(case_seed(0))
+            self.emb.weight.copy_(torch.randn(16, 4, generator=g))
 
     def forward(self, x):
         T = x.shape[1]
@@ -460,8 +461,9 @@ def _shuffle_seed(T: int) -> int:
     weighted model must move) and whose ``randperm(T)`` moves the last one (shuffling the whole
     row must show)."""
     seed = case_seed(1)
-    while (torch.equal(torch.randperm(T - 1, generator=torch.Generator().manual_seed(seed)), torch.arange(T - 1))
-           or torch.randperm(T, generator=torch.Generator().manual_seed(seed))[-1] == T - 1):
+    def perm(n):
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    while torch.equal(perm(T - 1), torch.arange(T - 1)) or perm(T)[-1] == T - 1:
         seed += 1
     return seed
 
@@ -483,7 +485,8 @@ def _(prefix_shuffle_change):
                 f"moved by {float(bag):.3g}: it sees the prefix as a bag, so shuffling the first "
                 "T - 1 tokens must change nothing there. Keep the last token in place, and compare "
                 "the outputs at the last position only (index -1), not at every position")
-        order = prefix_shuffle_change(_PrefixSum(vocab, weighted=True), x, torch.Generator().manual_seed(seed))
+        order = prefix_shuffle_change(_PrefixSum(vocab, weighted=True), x,
+                                      torch.Generator().manual_seed(seed))
         if float(order) < 1e-3:
             raise CheckFailed(
                 f"{where}, a model that weighs each token by its position did not move: the prefix "
