@@ -258,6 +258,44 @@ def _pool_loop(scores, values):
                         for t in range(scores.shape[1])], dim=1)
 
 
+# ---------------------------------------------------------------- 2.11 pack_documents, 2.12 read_positions
+def _pack(where="between", skip_empty=False, listify=False):
+    def candidate(documents, encode, eot_id):
+        docs = list(documents) if listify else documents
+        if listify:
+            docs = [docs[k] for k in range(len(docs))]
+        ids = []
+        for k, doc in enumerate(docs):
+            if skip_empty and not doc:
+                continue
+            if where == "before" or (where == "between" and k > 0):
+                ids.append(eot_id)
+            ids.extend(encode(doc))
+            if where == "after":
+                ids.append(eot_id)
+        return ids
+    return candidate
+
+
+def _pack_len(documents, encode, eot_id):           # len() fails on a generator
+    return [i for k in range(len(documents)) for i in ([eot_id] if k else []) + list(encode(documents[k]))]
+
+
+def _read(side="right", subtract=True, flatten=False):
+    import numpy as np
+
+    def candidate(shards, offsets, positions):
+        shard = np.searchsorted(offsets, positions, side=side) - 1
+        shard = np.clip(shard, 0, len(shards) - 1)
+        out = np.empty(positions.shape, dtype=np.int64)
+        for k in np.unique(shard):
+            where = shard == k
+            local = positions[where] - (offsets[k] if subtract else 0)
+            out[where] = shards[k][np.clip(local, 0, max(len(shards[k]) - 1, 0))] if len(shards[k]) else 0
+        return out.ravel() if flatten else out
+    return candidate
+
+
 # ---------------------------------------------------------------- the table
 PASSING = [  # (exercise, candidate); the id names it
     pytest.param("2.1", _stream(), id="2.1-reference"),
@@ -281,6 +319,8 @@ PASSING = [  # (exercise, candidate); the id names it
     pytest.param("2.9", position_similarity, id="2.9-library"),
     pytest.param("2.10", _pool(), id="2.10-reference"),
     pytest.param("2.10", _pool_loop, id="2.10-loop"),
+    pytest.param("2.11", _pack(), id="2.11-reference"),
+    pytest.param("2.12", _read(), id="2.12-reference"),
 ]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id names the mistake
@@ -379,6 +419,14 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id nam
     pytest.param("2.10", _pool("global-softmax"), "softmax over the prefix", id="2.10-softmax-over-window"),
     pytest.param("2.10", _pool("mean"), "equal weights", id="2.10-plain-mean"),
     pytest.param("2.10", lambda s, v: _pool()(s, v)[:, -1], "return (B, T, C)", id="2.10-last-row-only"),
+    pytest.param("2.11", _pack("after"), "after the last", id="2.11-trailing-separator"),
+    pytest.param("2.11", _pack("before"), "before the first", id="2.11-leading-separator"),
+    pytest.param("2.11", _pack("none"), "separators", id="2.11-no-separator"),
+    pytest.param("2.11", _pack(skip_empty=True), "empty document", id="2.11-drops-empty-documents"),
+    pytest.param("2.11", _pack_len, "generator", id="2.11-uses-len"),
+    pytest.param("2.12", _read(side="left"), "side='right'", id="2.12-searchsorted-left"),
+    pytest.param("2.12", _read(subtract=False), "subtract the shard's offset", id="2.12-global-index-in-shard"),
+    pytest.param("2.12", _read(flatten=True), "same shape", id="2.12-flattens-positions"),
 ]
 
 
@@ -392,7 +440,7 @@ def test_check_rejects_the_mistake_with_a_hint(assert_check_fails, exercise_id, 
     assert_check_fails(exercise_id, candidate, phrase)
 
 
-@pytest.mark.parametrize("exercise_id", [f"2.{k}" for k in range(1, 11)])
+@pytest.mark.parametrize("exercise_id", [f"2.{k}" for k in range(1, 13)])
 def test_unsolved_exercises_report_not_done(exercise_id):
     def todo(*args, **kwargs):
         raise NotImplementedError

@@ -553,3 +553,79 @@ def _(prefix_pool):
                               "leave out token t itself, or shift the rows?")
         raise CheckFailed("row t must be the sum over j <= t of softmax(scores[:, 0..t])[j] * values[:, j]: "
                           "did you forget the softmax, or average the values with equal weights?")
+
+
+# ---------------------------------------------------------------- 2.11
+def _chars(text: str) -> list[int]:
+    return [ord(c) for c in text]
+
+
+@exercise("2.11", "Packing documents", builds="gptlib.shards:pack_documents", tier="core",
+          difficulty=1, importance=3)
+def _(pack_documents):
+    eot = 7
+    for docs in (["ab", "c", "def"], ["ab", "", "c"], ["", "x", ""], ["solo"], ["a\nb", "", "", "z"]):
+        want = []
+        for k, doc in enumerate(docs):
+            want += ([eot] if k else []) + _chars(doc)
+        got = pack_documents(docs, _chars, eot)
+        expect(isinstance(got, list) or hasattr(got, "__len__"), "return the list of ids")
+        got = [int(i) for i in got]
+        if got == want:
+            continue
+        n = sum(1 for i in got if i == eot)
+        if got == want + [eot] or got == [eot] + want:
+            raise CheckFailed(f"pack_documents({docs!r}) put a separator "
+                              f"{'after the last' if got[-1] == eot else 'before the first'} document: "
+                              "the end-of-text token goes only between two documents")
+        if n < len(docs) - 1:
+            raise CheckFailed(f"pack_documents({docs!r}) gave {n} separators for {len(docs)} documents: "
+                              f"there must be {len(docs) - 1}, one between each two, even around an "
+                              "empty document")
+        raise CheckFailed(f"pack_documents({docs!r}, ord per character, eot_id={eot}) gave {got}, "
+                          f"expected {want}")
+    try:
+        got = [int(i) for i in pack_documents((d for d in ["ab", "c"]), _chars, eot)]
+    except (TypeError, IndexError) as err:
+        got = f"{type(err).__name__} ({err})"
+    expect(got == [97, 98, eot, 99], "documents may be a generator (read once): go through it with one "
+                                     f"loop, not len() or indexing; got {got}")
+
+
+# ---------------------------------------------------------------- 2.12
+def _shard_case(lengths: list[int]):
+    import numpy as np
+    stream = np.arange(1000, 1000 + sum(lengths), dtype=np.int64)
+    offsets = np.cumsum([0] + lengths)
+    shards = [stream[a:b].astype(np.uint16) for a, b in zip(offsets[:-1], offsets[1:])]
+    return stream, shards, offsets
+
+
+@exercise("2.12", "Reading windows from shards", builds="gptlib.shards:read_positions", tier="core",
+          difficulty=2, importance=2)
+def _(read_positions):
+    import numpy as np
+    for lengths in ([5, 3, 7], [4, 0, 6, 2], [1, 1, 1], [10]):
+        stream, shards, offsets = _shard_case(lengths)
+        every = np.arange(len(stream))
+        _OFFSET = ("subtract the shard's offset: the token at global position p of shard k is "
+                   "shards[k][p - offsets[k]]")
+        try:
+            got = np.asarray(read_positions(shards, offsets, every))
+        except IndexError as err:
+            raise CheckFailed(f"with shards of lengths {lengths}, reading every position raised "
+                              f"IndexError ({err}): {_OFFSET}") from None
+        expect(got.shape == every.shape, f"return one token per position: shape {every.shape}, got {got.shape}")
+        if not np.array_equal(got, stream):
+            wrong = np.flatnonzero(got != stream)
+            at_starts = bool(np.isin(wrong, offsets).all())
+            hint = ("each wrong one is the first token of its shard: a position equal to offsets[k] is in "
+                    "shard k, so search with side='right' and subtract 1" if at_starts else _OFFSET)
+            bad = int(wrong[0])
+            raise CheckFailed(f"with shards of lengths {lengths} the token at position {bad} should be "
+                              f"{int(stream[bad])}, got {int(got[bad])}: {hint}")
+        windows = np.array([[0, 1, 2], [len(stream) - 1, 0, len(stream) - 1]])
+        got = np.asarray(read_positions(shards, offsets, windows))
+        expect(got.shape == windows.shape and np.array_equal(got, stream[windows]),
+               "positions may be a 2-D array (a batch of windows): return an array of the same shape")
+        expect(got.dtype == np.int64, f"return int64 ids (torch reads them as long), got {got.dtype}")
