@@ -16,7 +16,9 @@ Hand-written (not exported from a notebook). Used by ``tools.grade``:
 from __future__ import annotations
 
 import ast
+import functools
 import re
+import threading
 from dataclasses import dataclass, field
 
 from tools.course import CHAPTER_KEY
@@ -53,6 +55,20 @@ class Submission:
         name), then definitions and assignments in notebook order."""
         return ([s for s in self.statements if s.kind == "import"]
                 + [s for s in self.statements if s.kind != "import"])
+
+
+# CPython 3.11's parser keeps its recursion depth in shared state: ast.parse / ast.unparse running
+# in two threads at once (the grader reads submissions in a thread each) can fail with
+# "SystemError: AST constructor recursion depth mismatch". Reading is cheap: do it one at a time.
+_AST_LOCK = threading.RLock()
+
+
+def _one_at_a_time(func):
+    @functools.wraps(func)
+    def locked(*args, **kwargs):
+        with _AST_LOCK:
+            return func(*args, **kwargs)
+    return locked
 
 
 def notebook_chapter(nb) -> int | None:
@@ -98,6 +114,7 @@ def _import_aliases(node: ast.AST) -> dict[str, str]:
     return out
 
 
+@_one_at_a_time
 def read_submission(nb, graded: set[str] = frozenset()) -> Submission:
     """The statements of ``nb`` the grader runs, and what the static checks need."""
     sub = Submission()
@@ -206,6 +223,7 @@ def _used_nodes(sub: Submission, name: str) -> list[tuple[str, ast.AST]]:
     return out
 
 
+@_one_at_a_time
 def ruled_out(sub: Submission, name: str, forbids, references) -> str | None:
     """Why the definition of ``name`` is ruled out, naming the call, or None when it is not.
 
