@@ -588,6 +588,13 @@ def _scramble_whole_words(text, g):
                     if len(w) >= 4 and w.isalpha() else w for w in text.split(" "))
 
 
+def _scramble_once(text, g):  # no second draw when the permutation leaves the word as it was
+    def scramble(w):
+        inner = torch.randperm(len(w) - 2, generator=g).tolist()
+        return w[0] + "".join(w[1:-1][i] for i in inner) + w[-1]
+    return " ".join(scramble(w) if len(w) >= 4 and w.isalpha() else w for w in text.split(" "))
+
+
 def _random_letters_inserted(text, g):
     return "".join(c + ("x" if c.islower() and torch.rand(1, generator=g).item() < 0.2 else "")
                    for c in text)
@@ -608,11 +615,13 @@ corrupt_unchanged = _corrupt_with(**{k: (lambda t, g: t) for k in
                                      ("shuffled words", "scrambled letters", "random letters")})
 corrupt_shuffles_all_words = _corrupt_with(**{"shuffled words": _shuffle_all})
 corrupt_scrambles_whole_words = _corrupt_with(**{"scrambled letters": _scramble_whole_words})
+corrupt_scrambles_once = _corrupt_with(**{"scrambled letters": _scramble_once})
 corrupt_changes_the_length = _corrupt_with(**{"random letters": _random_letters_inserted})
 corrupt_touches_capitals = _corrupt_with(**{"random letters": _random_letters_everywhere})
 corrupt_global_rng = _corrupt_with(**{"shuffled words": _shuffle_global_rng})
 for _name in ("corrupt_unchanged", "corrupt_shuffles_all_words", "corrupt_scrambles_whole_words",
-              "corrupt_changes_the_length", "corrupt_touches_capitals", "corrupt_global_rng"):
+              "corrupt_scrambles_once", "corrupt_changes_the_length", "corrupt_touches_capitals",
+              "corrupt_global_rng"):
     globals()[_name].__name__ = _name
 
 
@@ -902,6 +911,7 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain)
     ("8.3", corrupt_unchanged, "unchanged"),
     ("8.3", corrupt_shuffles_all_words, "first and last words stay"),
     ("8.3", corrupt_scrambles_whole_words, "first and last letters"),
+    ("8.3", corrupt_scrambles_once, "again while it is unchanged"),
     ("8.3", corrupt_changes_the_length, "changed the passage's length"),
     ("8.3", corrupt_touches_capitals, "lowercase letters only"),
     ("8.3", corrupt_global_rng, "generator g you are given"),

@@ -1,7 +1,7 @@
-"""The grader's hidden cases: under ``GPTLIB_CHECK_SALT`` the checks of Chapters 0, 3, 4, 5, 7 and 9
-draw other inputs than the notebook's (``case_seed``), and keep their meaning on every one: the
-references still pass, and every wrong version of the chapter's FAILING table is still rejected
-with its hint.
+"""The grader's hidden cases: under ``GPTLIB_CHECK_SALT`` the checks of Chapters 0, 3, 4, 5, 7, 8
+and 9 draw other inputs than the notebook's (``case_seed``), and keep their meaning on every one:
+the references still pass, and every wrong version of the chapter's FAILING table is still
+rejected with its hint.
 
 The tables are the chapters' own (``tests/test_checks_chNN.py``); this file only runs them again
 under a few salts, and shows that each chapter has a check whose inputs move with the salt.
@@ -13,7 +13,7 @@ import torch
 
 from gptlib.exercises import registry, run_check
 
-CHAPTERS = (0, 3, 4, 5, 7, 9)
+CHAPTERS = (0, 3, 4, 5, 7, 8, 9)
 SALTS = (1, 7919, 2_024_061)  # the grader's salt is random; these stand in for it
 WRONG_SALTS = SALTS[:2]       # the wrong versions run under two of them (the file stays fast)
 FIXED = {"0.9": "its texts are hand-picked: on them the validation loss is lowest at n = order + 1"}
@@ -132,6 +132,7 @@ RECORDED = [  # one function-shaped exercise per chapter whose inputs come from 
     ("4.1", "gptlib.attention:attention_weights"),
     ("5.9", "gptlib.model:convert_hf_state_dict"),
     ("7.3", "gptlib.sampling:top_k_filter"),
+    ("8.6", "gptlib.classify:pool_last"),
     ("9.3", "gptlib.llama:apply_rope"),
 ]
 
