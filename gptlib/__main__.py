@@ -1,4 +1,4 @@
-"""The command line: train a GPT from a recipe file.
+"""The command line: train a GPT from a recipe file, or write a corpus into token shards.
 
 Hand-written (not exported from a notebook). Chapter 6 builds everything this runs; this module
 only reads the arguments, loads the recipe's text and calls :func:`gptlib.training.train`::
@@ -6,6 +6,7 @@ only reads the arguments, loads the recipe's text and calls :func:`gptlib.traini
     python -m gptlib --config configs/shakespeare_char_cpu.json [--out-dir DIR] [--resume]
                      [--until STEP] [--no-progress]
     torchrun --standalone --nproc_per_node=8 -m gptlib --config configs/shakespeare_char_gpu.json
+    python -m gptlib prepare CORPUS OUT_DIR [--tokenizer gpt2] [--workers N] [--shard-size N]
 
 RECIPE is a JSON file (``configs/shakespeare_char_cpu.json``) or the name of one in ``configs/``
 (``shakespeare_char_cpu``). The run writes ``ckpt.pt`` and ``history.json`` (and
@@ -57,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m gptlib --config RECIPE [--out-dir DIR] [--resume] [--until STEP]
     [--no-progress]`` (also under torchrun). RECIPE is a JSON file
     (``configs/shakespeare_char_cpu.json``) or the name of one in ``configs/``
-    (``shakespeare_char_cpu``)."""
+    (``shakespeare_char_cpu``). ``python -m gptlib prepare ...`` runs Chapter 2's
+    :func:`gptlib.shards.main` instead (a corpus into token shards)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["prepare"]:
+        from gptlib.shards import main as prepare_main
+        prepare_main(argv)
+        return 0
     parser = argparse.ArgumentParser(prog="python -m gptlib", description=main.__doc__)
     parser.add_argument("--config", required=True, help="a recipe: a JSON file, or a name in configs/")
     parser.add_argument("--out-dir", default=None, help="where ckpt.pt and history.json go (default: the recipe's out_dir)")

@@ -259,7 +259,7 @@ class ShardedTokens:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """The command line ``prepare CORPUS OUT_DIR [--tokenizer gpt2] [--workers N]``: shards from a
-    text file or a folder (``main(["prepare", ...])``; the package's entry point is not wired yet)."""
+    text file or a folder (``main(["prepare", ...])``, which `python -m gptlib prepare ...` runs)."""
     parser = argparse.ArgumentParser(prog="gptlib.shards")
     parser.add_argument("command", choices=["prepare"])
     parser.add_argument("corpus", help="a text file (documents split on <|endoftext|>) or a folder of .txt files")

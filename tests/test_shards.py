@@ -134,3 +134,16 @@ def test_train_runs_from_shards(tmp_path, tok):
                                                                  eval_iters=1, device="cpu"))
     assert len(history.train_loss) == 4 and len(history.val_loss) >= 1
     assert all(np.isfinite(history.train_loss + history.val_loss))
+
+
+def test_the_command_line_prepares_shards(tmp_path, capsys):
+    """`python -m gptlib prepare FOLDER OUT` writes the shards and their manifest."""
+    pytest.importorskip("tiktoken")
+    from gptlib.__main__ import main
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("First document.\n")
+    (corpus / "b.txt").write_text("Second one.\n")
+    assert main(["prepare", str(corpus), str(tmp_path / "out"), "--workers", "1"]) == 0
+    assert "tokens in 1 shards" in capsys.readouterr().out
+    assert len(ShardedTokens(tmp_path / "out")) > 0
