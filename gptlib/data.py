@@ -13,7 +13,6 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 import torch
 
 from gptlib.runtime import positive_int
-from gptlib.shards import ShardedTokens
 
 TokenData = Union[torch.Tensor, Sequence[int]]
 
@@ -68,11 +67,13 @@ def _check_stream(data: torch.Tensor, block_size: int, batch_size: int) -> None:
     """Refuse what no window can be cut from: ValueError names the problem."""
     positive_int("block_size", block_size)
     positive_int("batch_size", batch_size)
-    if not isinstance(data, ShardedTokens):          # shards hold ids that prepare_shards wrote
-        if not isinstance(data, torch.Tensor) or data.dim() != 1:
-            got = f"shape {tuple(data.shape)}" if isinstance(data, torch.Tensor) else type(data).__name__
-            raise ValueError(f"data must be a 1-D tensor of token ids (or ShardedTokens), got {got}; "
-                             "use as_token_tensor(...) first")
+    if not (isinstance(data, torch.Tensor) or hasattr(data, "manifest")):   # shards: any ShardedTokens class
+        raise ValueError(f"data must be a 1-D tensor of token ids (or ShardedTokens), got "
+                         f"{type(data).__name__}; use as_token_tensor(...) first")
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 1:
+            raise ValueError(f"data must be a 1-D tensor of token ids (or ShardedTokens), got shape "
+                             f"{tuple(data.shape)}; use as_token_tensor(...) first")
         if data.dtype == torch.bool or data.is_floating_point() or data.is_complex():
             raise ValueError(f"token ids must be integers, got dtype {data.dtype}")
     if block_size >= len(data):

@@ -10,6 +10,7 @@ from gptlib.data import as_token_tensor, get_batch, iter_batches, train_val_spli
 from gptlib.embeddings import (INIT_STD, PositionalEmbedding, TokenEmbedding, one_hot_embed, position_similarity,
                                sinusoidal_encoding)
 from gptlib.exercises import run_check
+from gptlib.shards import plan_shards
 
 
 # ---------------------------------------------------------------- 2.1 as_token_tensor
@@ -258,7 +259,39 @@ def _pool_loop(scores, values):
                         for t in range(scores.shape[1])], dim=1)
 
 
-# ---------------------------------------------------------------- 2.11 pack_documents, 2.12 read_positions
+# ---------------------------------------------------------------- 2.11 pack_documents, 2.12 plan_shards, 2.13 read_positions
+def _plan_strictly_over(sizes, shard_size):
+    plan, first, filled = [], 0, 0
+    for k, size in enumerate(sizes):
+        filled += size
+        if filled > shard_size:
+            plan.append((first, k + 1))
+            first, filled = k + 1, 0
+    if first < len(sizes):
+        plan.append((first, len(sizes)))
+    return plan
+
+
+def _plan_drops_the_rest(sizes, shard_size):
+    plan, first, filled = [], 0, 0
+    for k, size in enumerate(sizes):
+        filled += size
+        if filled >= shard_size:
+            plan.append((first, k + 1))
+            first, filled = k + 1, 0
+    return plan
+
+
+def _plan_empty_shard_first(sizes, shard_size):
+    plan, first, filled = [(0, 0)], 0, 0
+    for k, size in enumerate(sizes):
+        filled += size
+        if filled >= shard_size:
+            plan.append((first, k + 1))
+            first, filled = k + 1, 0
+    if first < len(sizes):
+        plan.append((first, len(sizes)))
+    return plan
 def _pack(where="between", skip_empty=False, listify=False):
     def candidate(documents, encode, eot_id):
         docs = list(documents) if listify else documents
@@ -320,7 +353,8 @@ PASSING = [  # (exercise, candidate); the id names it
     pytest.param("2.10", _pool(), id="2.10-reference"),
     pytest.param("2.10", _pool_loop, id="2.10-loop"),
     pytest.param("2.11", _pack(), id="2.11-reference"),
-    pytest.param("2.12", _read(), id="2.12-reference"),
+    pytest.param("2.12", plan_shards, id="2.12-reference"),
+    pytest.param("2.13", _read(), id="2.13-reference"),
 ]
 
 FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id names the mistake
@@ -424,9 +458,12 @@ FAILING = [  # (exercise, candidate, a phrase its hint must contain); the id nam
     pytest.param("2.11", _pack("none"), "separators", id="2.11-no-separator"),
     pytest.param("2.11", _pack(skip_empty=True), "empty document", id="2.11-drops-empty-documents"),
     pytest.param("2.11", _pack_len, "generator", id="2.11-uses-len"),
-    pytest.param("2.12", _read(side="left"), "side='right'", id="2.12-searchsorted-left"),
-    pytest.param("2.12", _read(subtract=False), "subtract the shard's offset", id="2.12-global-index-in-shard"),
-    pytest.param("2.12", _read(flatten=True), "same shape", id="2.12-flattens-positions"),
+    pytest.param("2.12", _plan_strictly_over, "shard_size or more", id="2.12-strictly-over"),
+    pytest.param("2.12", _plan_drops_the_rest, "exactly one shard", id="2.12-drops-the-tail"),
+    pytest.param("2.12", _plan_empty_shard_first, "no shard may be empty", id="2.12-empty-first-shard"),
+    pytest.param("2.13", _read(side="left"), "side='right'", id="2.13-searchsorted-left"),
+    pytest.param("2.13", _read(subtract=False), "subtract the shard's offset", id="2.13-global-index-in-shard"),
+    pytest.param("2.13", _read(flatten=True), "same shape", id="2.13-flattens-positions"),
 ]
 
 
@@ -440,7 +477,7 @@ def test_check_rejects_the_mistake_with_a_hint(assert_check_fails, exercise_id, 
     assert_check_fails(exercise_id, candidate, phrase)
 
 
-@pytest.mark.parametrize("exercise_id", [f"2.{k}" for k in range(1, 13)])
+@pytest.mark.parametrize("exercise_id", [f"2.{k}" for k in range(1, 14)])
 def test_unsolved_exercises_report_not_done(exercise_id):
     def todo(*args, **kwargs):
         raise NotImplementedError

@@ -593,6 +593,36 @@ def _(pack_documents):
 
 
 # ---------------------------------------------------------------- 2.12
+def _plan_ref(sizes, shard_size):
+    plan, first, filled = [], 0, 0
+    for k, size in enumerate(sizes):
+        filled += size
+        if filled >= shard_size:
+            plan.append((first, k + 1))
+            first, filled = k + 1, 0
+    if first < len(sizes):
+        plan.append((first, len(sizes)))
+    return plan
+
+
+@exercise("2.12", "Plan the shards", builds="gptlib.shards:plan_shards", tier="warm-up", difficulty=1,
+          importance=2)
+def _(plan_shards):
+    cases = [([3, 3, 3, 3], 6), ([10, 1, 1], 4), ([1, 1, 1], 100), ([5], 5), ([2, 9, 2, 2, 9], 4), ([], 8)]
+    for sizes, shard_size in cases:
+        want = _plan_ref(sizes, shard_size)
+        got = [tuple(r) for r in plan_shards(sizes, shard_size)]
+        if got == want:
+            continue
+        covered = [k for a, b in got for k in range(a, b)]
+        expect(covered == list(range(len(sizes))), f"sizes {sizes}, shard_size {shard_size}: every document "
+               f"must land in exactly one shard, in order; your ranges {got} cover {covered}")
+        expect(all(b > a for a, b in got), f"sizes {sizes}: no shard may be empty; got {got}")
+        expect(False, f"sizes {sizes}, shard_size {shard_size}: a shard takes documents until their sizes add "
+               f"up to shard_size or more, then the next starts; expected {want}, got {got}")
+
+
+# ---------------------------------------------------------------- 2.13
 def _shard_case(lengths: list[int]):
     import numpy as np
     stream = np.arange(1000, 1000 + sum(lengths), dtype=np.int64)
@@ -601,7 +631,7 @@ def _shard_case(lengths: list[int]):
     return stream, shards, offsets
 
 
-@exercise("2.12", "Reading windows from shards", builds="gptlib.shards:read_positions", tier="core",
+@exercise("2.13", "Reading windows from shards", builds="gptlib.shards:read_positions", tier="core",
           difficulty=2, importance=2)
 def _(read_positions):
     import numpy as np
