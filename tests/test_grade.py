@@ -217,3 +217,18 @@ def test_gradescope_bundle_grades_a_solved_and_an_unsolved_notebook(tmp_path, so
     (full, top, st_full), (zero, _, st_zero) = scores
     assert full == top > 0 and st_full == {"passed"}
     assert zero == 0 and st_zero == {"failed"}
+
+
+def test_every_solved_chapter_passes_every_exercise(tmp_path):
+    """The course's own notebooks are correct submissions: in every chapter each exercise is
+    `passed`. In particular the course's provided hardening (LayerNorm's fused path, the static
+    cache's fused kernel) is not taken for a forbidden call, and the scan of one exercise does not
+    follow into another exercise's graded code (4.8's layer calls 4.7's fused kernel)."""
+    from tools import export
+    paths = []
+    for path in export.chapter_notebooks(ROOT):
+        paths.append(tmp_path / path.name)
+        paths[-1].write_bytes(path.read_bytes())
+    for report in grade.grade(paths, run_timeout=None):
+        assert report.results and all(s == "passed" for s in report.results.values()), (
+            report.submission, report.results, report.messages)

@@ -103,6 +103,9 @@ def build_bundle(out_dir: Path, chapter: int | None = None, root: Path = ROOT) -
     sources = sorted(p for p in (root / "gptlib").rglob("*.py") if "__pycache__" not in p.parts)
     sources += [root / "tools" / name for name in _TOOLS]
     sources += [root / name for name in ("requirements.txt", "constraints.txt", "pyproject.toml")]
+    # the course notebooks: the grader's forbidden-call scan reads what the course provides from
+    # them (the bundle is the instructor's; Gradescope does not show it to students)
+    sources += sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     with zipfile.ZipFile(target, "w") as zf:
         _add(zf, "setup.sh", SETUP_SH.encode(), executable=True)
         run = RUN_AUTOGRADER.format(chapter=f"--chapter {int(chapter)}" if chapter is not None else "")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import secrets
@@ -44,7 +45,8 @@ import nbformat
 
 from gptlib.exercises import registry
 from tools import ROOT
-from tools.grade_source import graded_names, notebook_chapter, read_submission, reference_paths, ruled_out
+from tools.grade_source import (graded_names, notebook_chapter, provided_lines, read_submission, reference_paths,
+                                ruled_out)
 
 __all__ = ["STATUSES", "POINTS", "GradeReport", "expected_exercises", "grade_notebook", "grade",
            "write_gradebook"]
@@ -154,6 +156,17 @@ def _run_worker(job: dict, tmp: Path, limits: dict[str, float], load_limit: floa
         log.close()
 
 
+@functools.lru_cache(maxsize=None)
+def _provided(chapter: int) -> frozenset[str]:
+    """The code lines the course gives the learner in ``chapter`` (its student version), which the
+    forbidden-call scan does not hold against a submission."""
+    from tools import export, student
+    for path in export.chapter_notebooks(ROOT):
+        if int(path.name[:2]) == chapter:
+            return provided_lines(student.student_notebook(nbformat.read(path, as_version=4)))
+    return frozenset()
+
+
 def _grade_exercises(nb, chapter: int, time_limit: float, memory_gib: float, load_limit: float,
                      salt: int) -> tuple[dict[str, str], dict[str, str]]:
     specs = [registry()[eid] for eid in expected_exercises(chapter)]
@@ -167,7 +180,8 @@ def _grade_exercises(nb, chapter: int, time_limit: float, memory_gib: float, loa
         if name not in sub.definitions and sub.syntax_errors:
             results[spec.id], messages[spec.id] = "error", next(iter(sub.syntax_errors.values()))
             continue
-        why = ruled_out(sub, name, spec.forbids, reference_paths(spec))
+        why = ruled_out(sub, name, spec.forbids, reference_paths(spec), _provided(chapter),
+                        others={n for n in names.values() if n and n != name})
         if why:
             results[spec.id], messages[spec.id] = "forbidden", why
     limits = {s.id: max(time_limit, s.time_limit or 0) for s in specs}

@@ -49,6 +49,7 @@ class Submission:
     definitions: dict[str, ast.AST] = field(default_factory=dict)  # name -> last def / assignment
     aliases: dict[str, str] = field(default_factory=dict)         # imported name -> dotted path
     calls: dict[str, str] = field(default_factory=dict)           # exercise id -> checked name
+    sources: dict[str, str] = field(default_factory=dict)         # name -> source of its cell
 
     def ordered(self) -> list[Statement]:
         """Imports first (a definition later in the notebook wins over an import of the same
@@ -151,6 +152,7 @@ def read_submission(nb, graded: set[str] = frozenset()) -> Submission:
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 sub.statements.append(Statement(i, text, "def", (node.name,)))
                 sub.definitions[node.name] = node
+                sub.sources[node.name] = source
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 if not all(isinstance(t, ast.Name) for t in targets) or node.value is None:
@@ -161,9 +163,16 @@ def read_submission(nb, graded: set[str] = frozenset()) -> Submission:
                 sub.statements.append(Statement(i, text, "assign", names))
                 for name in names:
                     sub.definitions[name] = node
+                    sub.sources[name] = source
     for name in sub.definitions:    # a name the submission defines is its own, not an import
         sub.aliases.pop(name, None)
     return sub
+
+
+def provided_lines(student_nb) -> frozenset[str]:
+    """The stripped, non-blank code lines of a student notebook: what the course provides."""
+    return frozenset(line.strip() for cell in student_nb.cells if cell.cell_type == "code"
+                     for line in cell.source.splitlines() if line.strip())
 
 
 def graded_names(sub: Submission, exercises) -> dict[str, str | None]:
@@ -207,12 +216,13 @@ def _canonical(rule: str, aliases: dict[str, str]) -> str:
     return _resolve(rule, {}) if resolved == rule else resolved
 
 
-def _used_nodes(sub: Submission, name: str) -> list[tuple[str, ast.AST]]:
-    """The graded definition and, transitively, the submission's definitions it names."""
+def _used_nodes(sub: Submission, name: str, others=frozenset()) -> list[tuple[str, ast.AST]]:
+    """The graded definition and, transitively, the submission's definitions it names, except
+    ``others`` (definitions graded by other exercises, under their own rules)."""
     seen, todo, out = set(), [name], []
     while todo:
         current = todo.pop()
-        if current in seen or current not in sub.definitions:
+        if current in seen or current not in sub.definitions or (current != name and current in others):
             continue
         seen.add(current)
         node = sub.definitions[current]
@@ -224,15 +234,22 @@ def _used_nodes(sub: Submission, name: str) -> list[tuple[str, ast.AST]]:
 
 
 @_one_at_a_time
-def ruled_out(sub: Submission, name: str, forbids, references) -> str | None:
+def ruled_out(sub: Submission, name: str, forbids, references, provided=frozenset(),
+              others=frozenset()) -> str | None:
     """Why the definition of ``name`` is ruled out, naming the call, or None when it is not.
+
+    ``provided`` holds the lines the course itself gives the learner (the student version's code,
+    stripped): a forbidden call on such a line is the course's hardening (LayerNorm's fused path,
+    the static cache's fused kernel), not the learner's delegation, and is not held against them.
+    ``others`` are the names other exercises grade: the scan does not follow into them (the fused
+    kernel of Exercise 4.7 may call what the layer of 4.8 may not).
 
     Looks at every dotted name the definition (and the submission's definitions it uses) mentions,
     with the submission's imports resolved: ``F.layer_norm``, ``torch.nn.functional.layer_norm`` and
     ``from torch.nn.functional import layer_norm as ln; ln(x)`` are the same call.
     """
     methods = {r[1:] for r in forbids if r.startswith(".")}
-    for owner, node in _used_nodes(sub, name):
+    for owner, node in _used_nodes(sub, name, others):
         aliases = dict(sub.aliases)
         for sub_node in ast.walk(node):
             aliases.update(_import_aliases(sub_node))
@@ -242,7 +259,11 @@ def ruled_out(sub: Submission, name: str, forbids, references) -> str | None:
         rules = [(r, _canonical(r, aliases)) for r in forbids if not r.startswith(".")]
         refs = [(r, r) for r in references]
         where = f" (in {owner})" if owner != name else ""
+        lines = sub.sources.get(owner, "").splitlines()
         for sub_node in ast.walk(node):
+            line = getattr(sub_node, "lineno", 0)
+            if provided and 0 < line <= len(lines) and lines[line - 1].strip() in provided:
+                continue
             written = None
             if isinstance(sub_node, (ast.Attribute, ast.Name)) and isinstance(sub_node.ctx, ast.Load):
                 written = _dotted(sub_node)
