@@ -40,7 +40,8 @@ PROFILE_FOR_BOOK = $${GPTLIB_PROFILE:-cpu}
 book: $(STAMP)
 	@mkdir -p _build
 	profile=$(PROFILE_FOR_BOOK); \
-	sed "s#_build/.jupyter_cache#_build/.jupyter_cache/$$profile#" _config.yml > _build/_config.book.yml && \
+	sed -e "s#_build/.jupyter_cache#_build/.jupyter_cache/$$profile#" \
+	    -e "s#offline_mathjax: tools/#offline_mathjax: $(CURDIR)/tools/#" _config.yml > _build/_config.book.yml && \
 	GPTLIB_PROFILE=$$profile $(VENV)/bin/jupyter-book build . $(JB_FLAGS) --config _build/_config.book.yml
 	@echo "Open _build/html/index.html"
 
@@ -50,7 +51,8 @@ book: $(STAMP)
 book-smoke: $(STAMP)
 	@mkdir -p _build/smoke
 	sed -e 's#_build/.jupyter_cache#_build/smoke/.jupyter_cache#' \
-	    -e 's#execute_notebooks: cache#execute_notebooks: force#' _config.yml > _build/smoke/_config.yml
+	    -e 's#execute_notebooks: cache#execute_notebooks: force#' \
+	    -e 's#offline_mathjax: tools/#offline_mathjax: $(CURDIR)/tools/#' _config.yml > _build/smoke/_config.yml
 	GPTLIB_PROFILE=smoke $(VENV)/bin/jupyter-book build . $(JB_FLAGS) \
 	    --config _build/smoke/_config.yml --path-output _build/smoke
 
