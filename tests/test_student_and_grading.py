@@ -52,7 +52,7 @@ def test_student_copies_carry_their_chapter(student_dir):
 @pytest.mark.slow
 def test_every_student_notebook_runs_to_the_end_with_nothing_done(student_dir):
     paths = sorted(student_dir.glob("*.ipynb"))
-    reports = grade.grade(paths, run_timeout=600)
+    reports = grade.grade(paths, run_timeout=300)
     for report in reports:
         name = Path(report.submission).name
         assert report.runs == "yes", f"{name}: {report.runs}"

@@ -235,9 +235,14 @@ def _run_notebook(path: Path, timeout: float) -> str:
 def _run_one(notebook: Path, cell_timeout: int) -> int:
     """Child process: execute ``notebook``; exit 0 when all cells ran, 3 when one raised."""
     import nbclient
+    from jupyter_client.manager import KernelManager
 
     nb = nbformat.read(notebook, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=cell_timeout, allow_errors=True, kernel_name="python3",
+    # The kernel talks over Unix sockets in this run's own folder, not TCP ports: kernels started
+    # side by side (the grader runs several submissions at once) cannot race for the same port,
+    # which once left a client waiting forever on an idle kernel.
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(notebook.parent / "kernel"))
+    client = nbclient.NotebookClient(nb, km=km, timeout=cell_timeout, allow_errors=True,
                                      resources={"metadata": {"path": str(notebook.parent)}})
     client.execute()
     for i, cell in enumerate(nb.cells):
