@@ -273,25 +273,13 @@ def _plan_strictly_over(sizes, shard_size):
 
 
 def _plan_drops_the_rest(sizes, shard_size):
-    plan, first, filled = [], 0, 0
-    for k, size in enumerate(sizes):
-        filled += size
-        if filled >= shard_size:
-            plan.append((first, k + 1))
-            first, filled = k + 1, 0
-    return plan
+    """The reference, less a last shard that never filled up."""
+    plan = plan_shards(sizes, shard_size)
+    return plan[:-1] if plan and sum(sizes[plan[-1][0]:]) < shard_size else plan
 
 
 def _plan_empty_shard_first(sizes, shard_size):
-    plan, first, filled = [(0, 0)], 0, 0
-    for k, size in enumerate(sizes):
-        filled += size
-        if filled >= shard_size:
-            plan.append((first, k + 1))
-            first, filled = k + 1, 0
-    if first < len(sizes):
-        plan.append((first, len(sizes)))
-    return plan
+    return [(0, 0)] + plan_shards(sizes, shard_size)
 def _pack(where="between", skip_empty=False, listify=False):
     def candidate(documents, encode, eot_id):
         docs = list(documents) if listify else documents
