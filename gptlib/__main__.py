@@ -1,16 +1,19 @@
-"""The command line: train a GPT from a recipe file, or write a corpus into token shards.
+"""The command line: train a GPT from a recipe file, write a corpus into token shards, or train a
+BPE tokenizer on a corpus file.
 
-Hand-written (not exported from a notebook). Chapter 6 builds everything this runs; this module
-only reads the arguments, loads the recipe's text and calls :func:`gptlib.training.train`::
+Hand-written (not exported from a notebook). Chapters 1, 2 and 6 build everything this runs; this
+module only reads the arguments, loads the recipe's text and calls :func:`gptlib.training.train`::
 
     python -m gptlib --config configs/shakespeare_char_cpu.json [--out-dir DIR] [--resume]
                      [--until STEP] [--no-progress]
     torchrun --standalone --nproc_per_node=8 -m gptlib --config configs/shakespeare_char_gpu.json
     python -m gptlib prepare CORPUS OUT_DIR [--tokenizer gpt2] [--workers N] [--shard-size N]
+    python -m gptlib train-bpe CORPUS OUT_FILE --vocab-size N [--workers N]
 
 RECIPE is a JSON file (``configs/shakespeare_char_cpu.json``) or the name of one in ``configs/``
 (``shakespeare_char_cpu``). The run writes ``ckpt.pt`` and ``history.json`` (and
-``ckpt.best.pt`` with ``keep_best``) into the recipe's ``out_dir``, or ``--out-dir``.
+``ckpt.best.pt`` with ``keep_best``) into the recipe's ``out_dir``, or ``--out-dir``. ``train-bpe``
+writes the tokenizer that :meth:`gptlib.tokenizer.BPETokenizer.load` reads.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,10 +29,11 @@ import torch
 from gptlib.checkpoint import best_checkpoint_path
 from gptlib.model import GPT
 from gptlib.runtime import atomic_write, positive_int
+from gptlib.tokenizer import ENDOFTEXT, BPETokenizer
 from gptlib.training import (History, Recipe, _cleanup_distributed, _setup_distributed, load_recipe,
                              load_text_data, train)
 
-__all__ = ["main", "run_recipe"]
+__all__ = ["main", "run_recipe", "train_bpe"]
 
 
 def run_recipe(recipe: Recipe, out_dir: str | None = None, resume: bool = False,
@@ -54,17 +59,49 @@ def run_recipe(recipe: Recipe, out_dir: str | None = None, resume: bool = False,
     return history
 
 
+def train_bpe(argv: list[str]) -> int:
+    """``python -m gptlib train-bpe CORPUS OUT_FILE --vocab-size N [--workers N]``: Chapter 1's
+    :meth:`~gptlib.tokenizer.BPETokenizer.train_file` on CORPUS (a UTF-8 text file, documents
+    separated by ``<|endoftext|>``, which gets the last id), saved to OUT_FILE."""
+    parser = argparse.ArgumentParser(prog="python -m gptlib train-bpe", description=train_bpe.__doc__)
+    parser.add_argument("corpus", help="a UTF-8 text file, documents separated by <|endoftext|>")
+    parser.add_argument("out_file", help="where the tokenizer is written (JSON; BPETokenizer.load reads it)")
+    parser.add_argument("--vocab-size", type=int, required=True,
+                        help="256 bytes + the merges + 1 for <|endoftext|>")
+    parser.add_argument("--workers", type=int, default=None, help="processes that count (default: one per core)")
+    args = parser.parse_args(argv)
+    corpus, out = Path(args.corpus), Path(args.out_file)
+    if not corpus.is_file():
+        parser.error(f"{corpus} is not a file")
+    if out.is_dir():
+        parser.error(f"{out} is a folder: give the path of the file to write")
+    t0 = time.perf_counter()
+    try:
+        tok = BPETokenizer().train_file(corpus, args.vocab_size, special_tokens=[ENDOFTEXT],
+                                        workers=args.workers)
+    except ValueError as err:                  # a bad --vocab-size or --workers, or a file that is not UTF-8
+        parser.error(str(err))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(out)
+    print(f"{tok} trained on {corpus} ({corpus.stat().st_size:,} bytes) in "
+          f"{time.perf_counter() - t0:.1f} s; written to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m gptlib --config RECIPE [--out-dir DIR] [--resume] [--until STEP]
     [--no-progress]`` (also under torchrun). RECIPE is a JSON file
     (``configs/shakespeare_char_cpu.json``) or the name of one in ``configs/``
     (``shakespeare_char_cpu``). ``python -m gptlib prepare ...`` runs Chapter 2's
-    :func:`gptlib.shards.main` instead (a corpus into token shards)."""
+    :func:`gptlib.shards.main` instead (a corpus into token shards), and ``python -m gptlib
+    train-bpe ...`` runs :func:`train_bpe` (a BPE tokenizer trained on a corpus file)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["prepare"]:
         from gptlib.shards import main as prepare_main
         prepare_main(argv)
         return 0
+    if argv[:1] == ["train-bpe"]:
+        return train_bpe(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m gptlib", description=main.__doc__)
     parser.add_argument("--config", required=True, help="a recipe: a JSON file, or a name in configs/")
     parser.add_argument("--out-dir", default=None, help="where ckpt.pt and history.json go (default: the recipe's out_dir)")

@@ -6,20 +6,23 @@ rebuild of tiktoken's encodings). Built in Chapter 1 (notebooks/01_tokenization.
 
 # %% auto #0
 __all__ = ['Pair', 'GPT2_SPLIT_PATTERN', 'ENDOFTEXT', 'CharTokenizer', 'count_pairs', 'merge', 'best_pair', 'train_merges_naive',
-           'train_merges', 'chunk_counts', 'merges_from_ranks', 'BPETokenizer']
+           'train_merges', 'chunk_counts', 'merges_from_ranks', 'BPETokenizer', 'file_pieces', 'count_chunks']
 
 # %% ../notebooks/01_tokenization.ipynb #ch01-004
 import heapq
 import json
+import multiprocessing
 import os
+import re
 import warnings
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import regex
 
-from gptlib.runtime import atomic_write
+from gptlib.runtime import atomic_write, positive_int
 
 Pair = tuple[int, int]
 
@@ -307,6 +310,28 @@ def _refuse_specials(text: str, disallowed: Iterable[str]) -> None:
                 f"as ordinary text")
 
 
+def _check_specials(special_tokens: Sequence[str]) -> list[str]:
+    """The distinct ``special_tokens`` in order; an error for a bare string or an empty token."""
+    if isinstance(special_tokens, str):
+        raise TypeError(f"special_tokens must be a list of strings, such as [{special_tokens!r}], "
+                        f"not the string {special_tokens!r}")
+    special_tokens = list(dict.fromkeys(special_tokens))
+    for s in special_tokens:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"special token {s!r} must be a non-empty string")
+    return special_tokens
+
+
+def _plan_training(vocab_size: int, special_tokens: Sequence[str]) -> tuple[list[str], int]:
+    """Check what a trainer is asked for: ``(the distinct special tokens, the number of merges)``."""
+    special_tokens = _check_specials(special_tokens)
+    num_merges = int(vocab_size) - 256 - len(special_tokens)
+    if num_merges < 0:
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the 256 byte tokens plus "
+                         f"{len(special_tokens)} special tokens")
+    return special_tokens, num_merges
+
+
 class BPETokenizer:
     """A byte-level BPE tokenizer: GPT-2's regex pre-tokenization, merges, special tokens.
 
@@ -388,20 +413,27 @@ class BPETokenizer:
 
         ``vocab_size`` counts the 256 bytes, the merges and the ``special_tokens`` (which get the
         last ids). Special-token strings in ``text`` are cut out before training, and pairs never
-        cross a pre-tokenization chunk. Training stops early, with a warning, when the text
-        runs out of pairs.
+        cross a pre-tokenization chunk. Counts the chunks, then :meth:`train_from_counts` learns
+        the merges (with a warning when the text runs out of pairs).
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        special_tokens = list(dict.fromkeys(special_tokens))
-        num_merges = int(vocab_size) - 256 - len(special_tokens)
-        if num_merges < 0:
-            raise ValueError(f"vocab_size={vocab_size} is smaller than the 256 byte tokens plus "
-                             f"{len(special_tokens)} special tokens")
-        pieces = _split_on(text, special_tokens) if special_tokens else [text]
+        special_tokens, _ = _plan_training(vocab_size, special_tokens)
+        pieces = _split_on(text, special_tokens)
         counts: Counter = Counter()
         for piece in pieces:
-            counts.update(regex.findall(self._split, piece))
+            counts.update(chunk_counts(piece, self.pattern))
+        return self.train_from_counts(counts, vocab_size, special_tokens, verbose=verbose)
+
+    def train_from_counts(self, counts: dict[str, int], vocab_size: int,
+                          special_tokens: Sequence[str] = (), verbose: bool = False) -> "BPETokenizer":
+        """Learn merges from ``counts`` (each distinct pre-tokenization chunk -> how often it occurs).
+
+        The one place merges are learned: :meth:`train` counts a string and :meth:`train_file` a
+        file, then both call this. ``vocab_size`` and ``special_tokens`` as in :meth:`train`.
+        Training stops early, with a warning, when the chunks run out of pairs. Returns ``self``.
+        """
+        special_tokens, num_merges = _plan_training(vocab_size, special_tokens)
         words = {tuple(chunk.encode("utf-8")): n for chunk, n in counts.items()}
         merges = train_merges(words, num_merges)
         if len(merges) < num_merges:
@@ -414,6 +446,27 @@ class BPETokenizer:
             for (a, b), new_id in merges:
                 print(f"merge {new_id}: {self.vocab[a]!r} + {self.vocab[b]!r} -> {self.vocab[new_id]!r}")
         return self
+
+    def train_file(self, path: str | os.PathLike, vocab_size: int,
+                   special_tokens: Sequence[str] = (ENDOFTEXT,), workers: int | None = None,
+                   block_size: int = 1 << 22, verbose: bool = False) -> "BPETokenizer":
+        """Learn the merges of ``train(text, vocab_size, special_tokens)``, ``text`` being the UTF-8
+        file at ``path``, without holding the file in memory; returns ``self``.
+
+        :func:`file_pieces` cuts the file right after special tokens into pieces of about
+        ``block_size`` bytes, ``workers`` processes (default: one per core) count their chunks
+        (:func:`count_chunks`), and :meth:`train_from_counts` learns the merges from the total.
+        Memory: the table of distinct chunks, and in each worker one piece (about ``block_size``
+        plus the longest document). Without a special token in the file, the file is one piece.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not a file: train_file needs a UTF-8 text file")
+        workers = (os.cpu_count() or 1) if workers is None else positive_int("workers", workers)
+        special_tokens, _ = _plan_training(vocab_size, special_tokens)   # before the long pass
+        pieces = ((path, start, stop) for start, stop in file_pieces(path, special_tokens, block_size))
+        counts = count_chunks(pieces, special_tokens, self.pattern, workers)
+        return self.train_from_counts(counts, vocab_size, special_tokens, verbose=verbose)
 
     # -- encoding and decoding -----------------------------------------------------------------
     def _special_sets(self, allowed_special: str | Iterable[str],
@@ -587,3 +640,105 @@ class BPETokenizer:
         tok = cls(enc._pat_str)
         tok._set_merges(byte_ids, merges, dict(enc._special_tokens))
         return tok
+
+# %% ../notebooks/01_tokenization.ipynb #ch01-049b
+def file_pieces(path: str | os.PathLike, special_tokens: Sequence[str] = (ENDOFTEXT,),
+                block_size: int = 1 << 22) -> Iterator[tuple[int, int]]:
+    """Cut the UTF-8 file at ``path`` into pieces that end right after a special token, streaming.
+
+    Yields byte offsets ``(start, stop)`` that cover the file in order. A piece ends right after
+    the first special token that ends ``block_size`` bytes or more after the piece's start, or at
+    the end of the file; so splitting each piece on the ``special_tokens`` gives exactly the parts
+    of the whole text split on them. The file is read in blocks of ``block_size`` bytes and
+    searched for the tokens' UTF-8 bytes (a token cut by a block boundary is found whole in the
+    next block), so memory stays at one block. A file without a special token is one piece; an
+    empty file has none.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file")
+    positive_int("block_size", block_size)
+    special_tokens = _check_specials(special_tokens)
+    if not special_tokens:
+        size = path.stat().st_size
+        return iter([(0, size)] if size else [])
+    longest_first = sorted(special_tokens, key=len, reverse=True)   # the order _split_on tries them
+    find = re.compile(b"|".join(re.escape(s.encode("utf-8")) for s in longest_first))
+    keep = max(len(s.encode("utf-8")) for s in special_tokens) - 1
+    return _scan_pieces(path, find, keep, block_size)
+
+
+def _scan_pieces(path: Path, find: re.Pattern, keep: int,
+                 block_size: int) -> Iterator[tuple[int, int]]:
+    """The loop of :func:`file_pieces`. ``buffer`` holds the file from offset ``base`` on; a token
+    that starts in its last ``keep`` bytes may still be cut, so the search resumes there when the
+    next block has come (or at the end of the token found last, as a search of the whole text
+    would)."""
+    start = base = 0
+    buffer = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(block_size)
+            buffer += block
+            whole = len(buffer) - keep if block else len(buffer)   # tokens that start before: whole
+            resume = max(whole, 0)
+            for m in find.finditer(buffer):
+                if m.start() >= whole:
+                    break
+                resume = max(resume, m.end())
+                if base + m.end() - start >= block_size:
+                    yield start, base + m.end()
+                    start = base + m.end()
+            base, buffer = base + resume, buffer[resume:]
+            if not block:
+                break
+    if start < base:
+        yield start, base
+
+
+def _read_piece(path: str | os.PathLike, start: int, stop: int) -> str:
+    """Bytes ``start:stop`` of the file at ``path``, decoded as UTF-8."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(stop - start)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text: byte {start + err.start} "
+                         f"({err.reason})") from None
+
+
+def _count_piece(piece, special_tokens: Sequence[str], pattern: str) -> Counter:
+    """The chunk counts of one piece: a string, or ``(path, start, stop)`` read here."""
+    text = piece if isinstance(piece, str) else _read_piece(*piece)
+    counts: Counter = Counter()
+    for part in _split_on(text, special_tokens):
+        counts.update(chunk_counts(part, pattern))
+    return counts
+
+
+def count_chunks(pieces: Iterable, special_tokens: Sequence[str] = (),
+                 pattern: str = GPT2_SPLIT_PATTERN, workers: int = 1) -> Counter:
+    """Count the pre-tokenization chunks of ``pieces`` in ``workers`` processes.
+
+    A piece is a string, or ``(path, start, stop)``: bytes ``start:stop`` of a UTF-8 file, which
+    the worker that counts it reads (the caller never holds the text). Each piece is split on the
+    ``special_tokens`` (``_split_on``), each part counted with ``chunk_counts``, and the table of
+    each piece is added to the total here, in the parent. For pieces from :func:`file_pieces` the
+    total is the count of the whole text. ``workers=1`` counts in this process.
+    """
+    positive_int("workers", workers)
+    count = partial(_count_piece, special_tokens=_check_specials(special_tokens), pattern=pattern)
+    total: Counter = Counter()
+    if workers == 1:
+        for piece in pieces:
+            total.update(count(piece))
+        return total
+    # fork where the system has it: the workers then inherit functions defined in a notebook too
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if fork else None)
+    with context.Pool(workers) as pool:
+        for counts in pool.imap(count, pieces):
+            total.update(counts)
+    return total
+
