@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from gptlib.runtime import atomic_write, positive_int
-from gptlib.tokenizer import ENDOFTEXT, BPETokenizer
+from gptlib.tokenizer import ENDOFTEXT, BPETokenizer, _read_piece, file_pieces
 
-Document = Union[str, Path]
+Document = Union[str, Path, tuple]   # a text, a .txt file, or (path, start, stop): part of a corpus file
 
 
 def pack_documents(documents: Iterable[str], encode: Callable[[str], Sequence[int]], eot_id: int) -> list[int]:
@@ -83,22 +83,42 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _documents(source) -> list[Document]:
-    """A list of strings as it is; a folder: its ``*.txt`` files by name; a file: its text split on
-    the end-of-text token (one document when the file has none)."""
-    if isinstance(source, (str, os.PathLike)) and not isinstance(source, str) or (
-            isinstance(source, str) and os.path.exists(source) and len(source) < 4096):
+def _documents(source, shard_size: int) -> tuple[list, dict]:
+    """What :func:`prepare_shards` encodes, and what the manifest records of the source.
+
+    A list of strings: the documents. A folder: its ``*.txt`` files by name, one document each. A
+    text file: ``(path, start, stop)`` byte ranges of about ``shard_size`` bytes that end right
+    after an ``<|endoftext|>`` (:func:`~gptlib.tokenizer.file_pieces`, streaming), each holding
+    whole documents; the workers read them, so the file is never held in memory here.
+    """
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and len(source) < 4096
+                                           and os.path.exists(source)):
         path = Path(source)
         if path.is_dir():
             files = sorted(path.glob("*.txt"))
             if not files:
                 raise ValueError(f"{path} holds no .txt documents")
-            return files
-        return path.read_text(encoding="utf-8").split(ENDOFTEXT)
+            return files, {"documents": len(files)}
+        pieces = [(path, a, b) for a, b in file_pieces(path, [ENDOFTEXT], shard_size)]
+        if not pieces:
+            raise ValueError(f"{path} is empty")
+        return pieces, {"source_bytes": path.stat().st_size}
     docs = list(source)
     if not docs or not all(isinstance(d, str) for d in docs):
         raise ValueError("documents must be a non-empty list of strings, a folder of .txt files or a text file")
-    return docs
+    return docs, {"documents": len(docs)}
+
+
+def _texts(item: Document) -> list[str]:
+    """The documents in one item of :func:`_documents`: a string, a file, or a piece of a corpus file
+    (which ends with the separator unless it is the file's last: that one's text is not a document)."""
+    if isinstance(item, str):
+        return [item]
+    if isinstance(item, Path):
+        return [item.read_text(encoding="utf-8")]
+    path, start, stop = item
+    docs = _read_piece(path, start, stop).split(ENDOFTEXT)
+    return docs[:-1] if stop < path.stat().st_size else docs
 
 
 _WORKER: dict = {}
@@ -108,16 +128,16 @@ def _init_worker(tokenizer: BPETokenizer) -> None:
     _WORKER["tok"] = tokenizer
 
 
-def _encode_shard(task) -> tuple[int, int, str]:
-    """Encode one shard's documents, write them atomically; ``(index, tokens, sha256)``."""
-    index, docs, lead, path, dtype = task
+def _encode_shard(task) -> tuple[int, int, str, int]:
+    """Encode one shard's items, write the shard atomically; ``(index, tokens, sha256, documents)``."""
+    index, items, lead, path, dtype = task
     tok = _WORKER["tok"]
     eot = tok.special_tokens[ENDOFTEXT]
-    texts = (d.read_text(encoding="utf-8") if isinstance(d, Path) else d for d in docs)
-    ids = pack_documents(texts, lambda t: tok.encode(t, disallowed_special=()), eot)
+    docs = [doc for item in items for doc in _texts(item)]
+    ids = pack_documents(docs, lambda t: tok.encode(t, disallowed_special=()), eot)
     array = np.asarray([eot] * lead + ids, dtype=dtype)
     atomic_write(path, lambda tmp: array.tofile(tmp))
-    return index, len(array), hashlib.sha256(array.tobytes()).hexdigest()
+    return index, len(array), hashlib.sha256(array.tobytes()).hexdigest(), len(docs)
 
 
 def prepare_shards(documents, out_dir: Union[str, os.PathLike], tokenizer: BPETokenizer,
@@ -126,25 +146,29 @@ def prepare_shards(documents, out_dir: Union[str, os.PathLike], tokenizer: BPETo
     """Encode ``documents`` into shard files in ``out_dir``, with ``<|endoftext|>`` between documents.
 
     ``documents``: a list of strings, a folder of ``.txt`` files (one document each) or a text file
-    (split on ``<|endoftext|>``). Documents are grouped in order into shards of about ``shard_size``
-    characters (bytes for files; :func:`plan_shards`), and ``workers`` processes (all cores by
-    default) encode the shards. Shards are ``uint16`` when the vocabulary fits, else ``uint32``.
-    Every shard and the manifest are written atomically, and the manifest is updated after each
-    shard, so a run that is killed can be run again: shards whose SHA-256 matches their manifest
-    entry are kept (``progress(index, reused)`` is called for every shard). Returns the manifest.
+    (documents split on ``<|endoftext|>``). Documents are grouped in order into shards of about
+    ``shard_size`` characters (bytes for files; :func:`plan_shards`); a text file is cut into
+    shards right after a separator as it is read (:func:`_documents`), never loaded whole. Then
+    ``workers`` processes (all cores by default) encode the shards. Shards are ``uint16`` when the
+    vocabulary fits, else ``uint32``. Every shard and the manifest are written atomically, and the
+    manifest is updated after each shard, so a run that is killed can be run again: shards whose
+    SHA-256 matches their manifest entry are kept (``progress(index, reused)`` is called for
+    every shard). Returns the manifest.
     """
     positive_int("shard_size", shard_size)
     workers = positive_int("workers", workers) if workers is not None else (os.cpu_count() or 1)
     if ENDOFTEXT not in tokenizer.special_tokens:
         raise ValueError(f"the tokenizer has no {ENDOFTEXT!r} token to put between documents")
-    docs = _documents(documents)
+    items, source = _documents(documents, shard_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = "uint16" if tokenizer.vocab_size <= 2**16 else "uint32"
     head = {"format": _FORMAT, "version": 1, "tokenizer_sha256": tokenizer_hash(tokenizer),
-            "eot_id": tokenizer.special_tokens[ENDOFTEXT], "dtype": dtype, "documents": len(docs)}
-    sizes = [d.stat().st_size if isinstance(d, Path) else len(d) for d in docs]
+            "eot_id": tokenizer.special_tokens[ENDOFTEXT], "dtype": dtype, **source}
+    pieces = isinstance(items[0], tuple)               # byte ranges of one text file
+    sizes = [i[2] - i[1] if pieces else i.stat().st_size if isinstance(i, Path) else len(i) for i in items]
     plan = plan_shards(sizes, shard_size)
+    spans = [{"bytes": [items[a][1], items[b - 1][2]]} if pieces else {"documents": [a, b]} for a, b in plan]
     old = {}
     if (out / MANIFEST).exists():
         previous = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
@@ -152,19 +176,21 @@ def prepare_shards(documents, out_dir: Union[str, os.PathLike], tokenizer: BPETo
             old = {e["file"]: e for e in previous["shards"]}
     entries: list = [None] * len(plan)
     tasks = []
-    for k, (first, stop) in enumerate(plan):
+    for k, ((first, stop), span) in enumerate(zip(plan, spans)):
         name = f"shard_{k:05d}.bin"
         entry = old.get(name)
-        if (entry and entry["documents"] == [first, stop] and (out / name).exists()
+        if (entry and all(entry.get(key) == value for key, value in span.items()) and (out / name).exists()
                 and _sha256(out / name) == entry["sha256"]):
             entries[k] = entry
         else:
-            tasks.append((k, docs[first:stop], int(k > 0), out / name, dtype))
+            tasks.append((k, items[first:stop], int(k > 0), out / name, dtype))
 
     def record(k: int, reused: bool) -> None:
         done = [e for e in entries if e is not None]
         manifest = {**head, "complete": len(done) == len(plan), "tokens": sum(e["tokens"] for e in done),
                     "shards": done}
+        if manifest["complete"]:
+            manifest["documents"] = done[-1]["documents"][1]
         atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8"))
         if progress is not None:
             progress(k, reused)
@@ -176,8 +202,10 @@ def prepare_shards(documents, out_dir: Union[str, os.PathLike], tokenizer: BPETo
     _init_worker(tokenizer)
     try:
         results = pool.imap(_encode_shard, tasks) if pool else map(_encode_shard, tasks)
-        for k, n_tokens, sha in results:
-            entries[k] = {"file": f"shard_{k:05d}.bin", "documents": list(plan[k]), "tokens": n_tokens, "sha256": sha}
+        for k, n_tokens, sha, n_docs in results:          # in shard order: shard k - 1 is recorded
+            first = entries[k - 1]["documents"][1] if k else 0
+            entries[k] = {"file": f"shard_{k:05d}.bin", **spans[k], "documents": [first, first + n_docs],
+                          "tokens": n_tokens, "sha256": sha}
             record(k, False)
     finally:
         if pool is not None:

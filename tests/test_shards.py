@@ -51,8 +51,59 @@ def test_folder_and_file_sources(tmp_path, tok):
     (tmp_path / "corpus.txt").write_text(ENDOFTEXT.join(DOCS[:6]), encoding="utf-8")
     a = prepare_shards(tmp_path / "docs", tmp_path / "a", tok, shard_size=50, workers=1)
     b = prepare_shards(str(tmp_path / "corpus.txt"), tmp_path / "b", tok, shard_size=50, workers=1)
-    assert a["shards"] == b["shards"]
+    assert a["documents"] == b["documents"] == 6 and a["tokens"] == b["tokens"]
+    assert ShardedTokens(tmp_path / "a").tensor().tolist() == ShardedTokens(tmp_path / "b").tensor().tolist()
     assert tok.decode(ShardedTokens(tmp_path / "a").tensor().tolist()) == ENDOFTEXT.join(DOCS[:6])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("shard_size", [1, 60, 300, 10_000])
+def test_a_text_file_is_sharded_as_it_streams(tmp_path, tok, workers, shard_size):
+    """A corpus file gives the stream of its documents joined with the separator, cut into shards
+    right after a separator (byte ranges in the manifest), empty documents and one at the end too."""
+    docs = DOCS + [""]                                   # the file ends with the separator
+    text = ENDOFTEXT.join(docs)
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    manifest = prepare_shards(tmp_path / "corpus.txt", tmp_path / "out", tok, shard_size=shard_size, workers=workers)
+    ids = ShardedTokens(tmp_path / "out").tensor().tolist()
+    assert ids == tok.encode(text, allowed_special="all")
+    assert manifest["documents"] == len(docs) and manifest["source_bytes"] == len(text.encode("utf-8"))
+    raw = text.encode("utf-8")
+    spans = [e["bytes"] for e in manifest["shards"]]
+    assert spans[0][0] == 0 and spans[-1][1] == len(raw)
+    assert all(a[1] == b[0] and raw[:a[1]].endswith(ENDOFTEXT.encode()) for a, b in zip(spans, spans[1:]))
+    ranges = [e["documents"] for e in manifest["shards"]]
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(docs) and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    if shard_size == 10_000:
+        assert len(spans) == 1
+    if shard_size == 1:
+        assert len(spans) == len(docs) - 1               # one document per shard; the empty last one
+        assert ranges[-1] == [len(docs) - 2, len(docs)]  # rides with the one before it
+
+
+def test_a_killed_run_on_a_text_file_resumes(tmp_path, tok):
+    (tmp_path / "corpus.txt").write_text(ENDOFTEXT.join(DOCS), encoding="utf-8")
+    whole = prepare_shards(tmp_path / "corpus.txt", tmp_path / "whole", tok, shard_size=300, workers=1)
+    calls = []
+
+    def die_after_two(k, reused):
+        calls.append(k)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        prepare_shards(tmp_path / "corpus.txt", tmp_path / "cut", tok, shard_size=300, workers=1, progress=die_after_two)
+    assert "documents" not in json.loads((tmp_path / "cut" / "manifest.json").read_text())
+    calls.clear()
+    again = prepare_shards(tmp_path / "corpus.txt", tmp_path / "cut", tok, shard_size=300, workers=1,
+                           progress=lambda k, r: calls.append((k, r)))
+    assert [k for k, r in calls if r] == [0, 1] and again == whole
+    assert _files(tmp_path / "cut") == _files(tmp_path / "whole")
+
+
+def test_an_empty_text_file_is_refused(tmp_path, tok):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        prepare_shards(tmp_path / "empty.txt", tmp_path / "out", tok, workers=1)
 
 
 def test_uint32_when_the_vocabulary_needs_it(tmp_path, tok):
