@@ -5,6 +5,9 @@ module: each one compares with tiktoken, with a small private reference below (w
 independently, as plainly as possible), or with exact properties. The inputs are chosen so that
 the usual mistakes give recognisably different answers (overlapping pairs, a pair at the very
 end, ties, half a character in a token), and the hint names the mistake it sees.
+
+The hand-made cases stay as they are; the random ones (and a drawn text, cut or byte table after
+them) come from ``case_seed``, so the grader's cases are not the notebook's.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import random
 
 import regex
 
-from gptlib.exercises import CheckFailed, exercise, expect
+from gptlib.exercises import CheckFailed, case_seed, exercise, expect
 
 _PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++"""
             r"""|\s++$|\s+(?!\S)|\s""")                      # GPT-2's, as tiktoken writes it
@@ -77,11 +80,23 @@ def _merges_text(merges) -> str:
     return ", ".join(f"{p}->{i}" for p, i in merges[:6]) + (" ..." if len(merges) > 6 else "")
 
 
+def _byte_shift() -> int:
+    """How far the checks' permuted byte table moves each byte: byte b gets id (b + k) % 256, as
+    GPT-2's single bytes are a permutation too. k = 7 in a notebook; under the grader another shift
+    from 1 to 255 (never 0, which would be the identity)."""
+    return 1 + (case_seed(7) - 1) % 255
+
+
+def _drawn_text(rng, pieces, n) -> str:
+    return "".join(rng.choice(pieces) for _ in range(n))
+
+
 # ---------------------------------------------------------------- 1.1 the character tokenizer
 @exercise("1.1", "A character tokenizer", builds="gptlib.tokenizer:CharTokenizer", tier="warm-up",
           difficulty=1, importance=2)
 def _(candidate):
-    for text in ["hello world", "banana", "To be, or not to be", "héllo 世界 👋🏽", "ba\nab\t"]:
+    drawn = _drawn_text(random.Random(case_seed(11)), list("abcxyz ,.!\nAZ09éü世界👋"), 24)
+    for text in ["hello world", "banana", "To be, or not to be", "héllo 世界 👋🏽", "ba\nab\t", drawn]:
         tok = candidate(text)
         chars = sorted(set(text))
         got = list(getattr(tok, "chars", []))
@@ -148,6 +163,11 @@ def _(candidate):
     probe = [1, 2, 1, 2, 1, 2]
     got = _as_counts(candidate(list(probe)), probe)
     want = _ref_count_pairs(probe)                       # {(1, 2): 3, (2, 1): 2}
+    again = _as_counts(candidate(list(probe)), probe)
+    if again != got:                                     # before judging got: an earlier call may have filled it
+        raise CheckFailed(f"a second call on {probe} gave {again}, the first {got}: a default "
+                          "argument `counts={}` is created once and shared by every call; default "
+                          "to None and make a new dict inside")
     if got != want:
         if got == {(1, 2): 3}:
             raise CheckFailed("you count non-overlapping pairs (stepping by 2): every adjacent pair "
@@ -162,17 +182,12 @@ def _(candidate):
                               "one is (ids[-2], ids[-1])")
         raise CheckFailed(f"for {probe} expected {want}, got {got}: count every adjacent pair "
                           "(ids[i], ids[i + 1]), overlapping ones too")
-    again = _as_counts(candidate(list(probe)), probe)
-    if again != got:
-        raise CheckFailed(f"a second call on {probe} gave {again}, the first {got}: a default "
-                          "argument `counts={}` is created once and shared by every call; default "
-                          "to None and make a new dict inside")
     triple = _as_counts(candidate([5, 5, 5]), [5, 5, 5])
     expect(triple == {(5, 5): 2}, f"[5, 5, 5] holds the pair (5, 5) twice (overlapping), got {triple}")
     for short in ([], [7]):
         got = _as_counts(candidate(list(short)), short)
         expect(got == {}, f"a sequence of {len(short)} id(s) has no pairs: return an empty dict, got {got}")
-    rng = random.Random(0)
+    rng = random.Random(case_seed(0))
     for _ in range(20):
         ids = [rng.randrange(4) for _ in range(rng.randrange(2, 30))]
         got = _as_counts(candidate(list(ids)), ids)
@@ -216,7 +231,7 @@ def _(candidate):
     out = run([2, 1, 3], (1, 2), 99)
     expect(out == [2, 1, 3], f"(1, 2) is an ordered pair: [2, 1, 3] has no (1, 2), got {out}")
     expect(run([], (1, 2), 99) == [] and run([1], (1, 2), 99) == [1], "short inputs: [] -> [], [1] -> [1]")
-    rng = random.Random(1)
+    rng = random.Random(case_seed(1))
     for _ in range(20):
         ids = [rng.randrange(3) for _ in range(rng.randrange(0, 25))]
         want = _ref_merge(ids, (0, 1), 7)
@@ -237,7 +252,7 @@ def _(candidate):
         ({(300, 1): 5, (1, 300): 5, (2, 2): 1}, "a tie between a pair and its reverse"),
         ({(6, 6): 1}, "a single pair"),
     ]
-    rng = random.Random(4)
+    rng = random.Random(case_seed(4))
     for _ in range(30):
         pairs = {(rng.randrange(6), rng.randrange(6)): rng.randrange(1, 4) for _ in range(8)}
         cases.append((pairs, "random counts"))
@@ -316,7 +331,7 @@ def _check_trainer(run, name):
     before = [list(c) for c in chunks]
     run(chunks, 3, 256)
     expect(chunks == before, f"{name} changed the caller's chunks: work on copies")
-    rng = random.Random(5)
+    rng = random.Random(case_seed(5))
     for trial in range(12):
         corpus = _random_chunks(rng, [0, 1, 2, 3] if trial % 2 else [0, 1], rng.randrange(1, 8), 12)
         compare(corpus, rng.randrange(1, 12), what=f"random chunks {corpus}")
@@ -346,7 +361,7 @@ def _(candidate):
                             f"{_merges_text(want)}, got {_merges_text(got)}: each word's pairs count "
                             "freqs[w] times")
     _check_trainer(run, "train_merges")
-    rng = random.Random(6)
+    rng = random.Random(case_seed(6))
     for _ in range(8):
         corpus = _random_chunks(rng, [0, 1, 2], rng.randrange(3, 20), 9)
         n = rng.randrange(5, 20)
@@ -435,9 +450,10 @@ def _(candidate):
         expect(byte_ids == want_ids, f"{what}: byte_ids[b] must be the rank of the single byte "
                                      f"bytes([b]); got {byte_ids[:8]}...")
         _explain_merges(ranks, merges, want, what)
-    shifted = [(i + 7) % 256 for i in range(256)]
+    k = _byte_shift()
+    shifted = [(i + k) % 256 for i in range(256)]
     ranks = _rank_table([b"ab", b"abc"], shifted, reverse=True)
-    what = "single bytes ranked as a permutation (byte b has rank (b + 7) % 256), in reverse dict order"
+    what = f"single bytes ranked as a permutation (byte b has rank (b + {k}) % 256), in reverse dict order"
     byte_ids, merges = _run_merges_from_ranks(candidate, ranks, what)
     if byte_ids == list(range(256)):
         raise CheckFailed(f"{what}: byte_ids must be read from the ranks, byte_ids[b] = ranks[bytes([b])] "
@@ -488,6 +504,17 @@ _TRICKY = [
 ]
 
 
+def _drawn_tricky(seed: int) -> str:
+    """Pieces of the tricky texts, cut at random places (inside a word, a run of spaces, an emoji
+    sequence) and joined: a text drawn from ``case_seed(seed)``."""
+    rng = random.Random(case_seed(seed))
+    out = []
+    for text in rng.sample(_TRICKY, 5):
+        a = rng.randrange(len(text))
+        out.append(text[a:rng.randrange(a + 1, len(text) + 1)])
+    return "".join(out)
+
+
 @exercise("1.8", "Encode one chunk with the learned merges", builds="gptlib.tokenizer:_encode_chunk",
           tier="core", difficulty=2, importance=3)
 def _(candidate):
@@ -523,7 +550,8 @@ def _(candidate):
         raise CheckFailed("'é' should start as its UTF-8 bytes [195, 169], got [233] (its code "
                           "point): use chunk.encode('utf-8')")
     expect(got == (195, 169), f"'é' should encode to its UTF-8 bytes [195, 169], got {list(got)}")
-    shifted = [(i + 7) % 256 for i in range(256)]
+    k = _byte_shift()
+    shifted = [(i + k) % 256 for i in range(256)]
     got = run("ab", shifted, {})
     if got == (a, b):
         raise CheckFailed("with byte_ids a permutation (GPT-2's are), 'ab' should start as "
@@ -534,13 +562,13 @@ def _(candidate):
     small = _gpt2_prefix()
     if small is not None:
         enc, byte_ids, merges = small
-        for text in _TRICKY:
+        for text in [*_TRICKY, _drawn_tricky(18)]:
             for chunk in regex.findall(_PATTERN, text):
                 want = tuple(enc.encode_ordinary(chunk))
                 got = run(chunk, byte_ids, merges)
                 expect(got == want, f"with GPT-2's first 1000 tokens, the chunk {chunk!r} should "
                                     f"encode to {list(want)} (as tiktoken does), got {list(got)}")
-    rng = random.Random(7)
+    rng = random.Random(case_seed(7))
     for _ in range(10):
         corpus = [list(w.encode()) for w in rng.choices(["ab", "abc", "bca", "aab", "ca"], k=12)]
         learned = dict(_ref_train(corpus, 6))
@@ -567,11 +595,12 @@ def _train_reference(text, vocab_size, specials=()):
 
 
 def _check_vocab(candidate):
-    shifted = [(i + 7) % 256 for i in range(256)]
+    k = _byte_shift()
+    shifted = [(i + k) % 256 for i in range(256)]
     h, i, bang = (shifted[c] for c in b"hi!")
     tok = candidate.from_merges([((h, i), 256), ((256, bang), 257)], byte_ids=shifted)
     what = (f"from_merges([(({h}, {i}), 256), ((256, {bang}), 257)]) with byte_ids a permutation "
-            f"(byte b has id (b + 7) % 256, so 'h' is {h})")
+            f"(byte b has id (b + {k}) % 256, so 'h' is {h})")
     if tok.vocab.get(104) == b"h":
         raise CheckFailed(f"{what}: vocab[104] is b'h', but 104 is the id of byte {shifted.index(104)!r}: "
                           "id byte_ids[b] stands for the single byte b")
@@ -637,19 +666,39 @@ def _check_decode(candidate):
                           "a special token; raise ValueError")
 
 
-def _check_train(candidate):
-    rng = random.Random(8)
+def _one_chunk_merges(text, vocab_size):
+    """The merges of the slip that trains on the whole text as one chunk."""
+    return dict(_ref_train([list(text.encode())], vocab_size - 256))
+
+
+def _weightless_merges(text, vocab_size):
+    """The merges of the slip that counts each distinct chunk once."""
+    return dict(_ref_train([list(c.encode()) for c in set(regex.findall(_PATTERN, text))], vocab_size - 256))
+
+
+def _train_text(vocab_size) -> str:
+    """300 words drawn from ``case_seed(8)`` on: the first seed whose text tells the chapter's merges
+    from both slips' (a drawn text need not: the first merges may all lie inside words)."""
     words = ["the", "then", "there", "cat.", "cats,", "a", "an", "and", "dog.", "dog!", "42", "4242",
              "so.\n"]
-    text = " ".join(rng.choice(words) for _ in range(300))
+    seed = case_seed(8)
+    while True:
+        rng = random.Random(seed)
+        text = " ".join(rng.choice(words) for _ in range(300))
+        want = dict(_train_reference(text, vocab_size))
+        if want not in (_one_chunk_merges(text, vocab_size), _weightless_merges(text, vocab_size)):
+            return text
+        seed += 1
+
+
+def _check_train(candidate):
     vocab = 256 + 15
+    text = _train_text(vocab)
     tok = candidate().train(text, vocab)
     want = dict(_train_reference(text, vocab))
     got = dict(tok.merges)
     if got != want:
-        one_chunk = dict(_ref_train([list(text.encode())], vocab - 256))
-        weightless = dict(_ref_train([list(c.encode()) for c in set(regex.findall(_PATTERN, text))],
-                                     vocab - 256))
+        one_chunk, weightless = _one_chunk_merges(text, vocab), _weightless_merges(text, vocab)
         if got == one_chunk:
             raise CheckFailed("train learned merges across chunk boundaries (for example a word and "
                               "the space after it): split each piece into chunks with self._split "
@@ -681,7 +730,7 @@ def _check_encode(candidate):
         return
     for name in ("gpt2", "cl100k_base"):
         mine, ref = candidate.from_tiktoken(name), tiktoken.get_encoding(name)
-        for text in [""] + _TRICKY:
+        for text in ["", *_TRICKY, _drawn_tricky(19)]:
             want = ref.encode_ordinary(text)
             got = list(mine.encode_ordinary(text))
             if got != want and got == list(_ref_encode_chunk(text, mine.byte_ids, mine.merges)):
@@ -711,7 +760,7 @@ def _check_encode(candidate):
 
 
 def _check_stream(candidate):
-    rng = random.Random(19)
+    rng = random.Random(case_seed(19))
     words = ["the", " then", " there's", " cat.", "'ll", " 42", "\n", "\n\n", "  ", " \n", "x", _EOT]
     text = "".join(rng.choice(words) for _ in range(400))
     plain = text.replace(_EOT, "")
@@ -799,3 +848,11 @@ def _(candidate):
         got = candidate(tok, text, pattern)
         expect(got == want, f"3-byte tokens of {text!r} with the pattern {pattern!r}: expected "
                             f"{want}, got {got} (use the pattern you are given)")
+    rng = random.Random(case_seed(10))
+    raw = text.encode()
+    cuts = sorted(rng.sample(range(1, len(raw)), 12))
+    tok = _FixedTokenizer([raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])])
+    want = _ref_crossing(tok, text, _PATTERN)
+    got = candidate(tok, text, _PATTERN)
+    expect(got == want, f"the tokens {list(tok.vocab.values())} of {text!r}, cut at the random byte offsets "
+                        f"{cuts}: {want} of them straddle a chunk boundary, you counted {got}")

@@ -4,15 +4,18 @@ Each check probes the learner's function with inputs chosen so that the usual mi
 recognisably different answers, and names the mistake it sees. The references are private ones
 written here (torch.randint windows, nn.Embedding-style lookups, the sinusoidal formula), never
 gptlib's own data and embedding functions, which the learner's exported notebook may have written.
+Random tables, ids and generator seeds, and a drawn case after the written ones, come from
+``case_seed``, so the grader's cases are not the notebook's.
 """
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
 
-from gptlib.exercises import CheckFailed, exercise, expect
+from gptlib.exercises import CheckFailed, case_seed, exercise, expect
 
 _OVERRUN = ("some windows run past the end of data: a window starting at i needs data[i + block_size] "
             "for its last target, so starts must be < len(data) - block_size "
@@ -20,8 +23,9 @@ _OVERRUN = ("some windows run past the end of data: a window starting at i needs
 
 
 def _batch(get_batch, data, block_size, batch_size, seed):
+    """get_batch's (x, y) with a generator seeded from ``case_seed(seed)``, shapes and dtypes checked."""
     try:
-        out = get_batch(data, block_size, batch_size, generator=torch.Generator().manual_seed(seed))
+        out = get_batch(data, block_size, batch_size, generator=torch.Generator().manual_seed(case_seed(seed)))
     except NotImplementedError:
         raise
     except (IndexError, RuntimeError) as err:
@@ -57,10 +61,14 @@ _NOT_IDS = [  # (data, what it is, why it is not a stream of token ids)
           difficulty=1, importance=2)
 def _(as_token_tensor):
     import numpy as np
+    rng = random.Random(case_seed(21))
+    drawn = [rng.randrange(50257) for _ in range(rng.randrange(1, 9))]   # GPT-2's ids
     for data, what in (([3, 1, 2], "a list"), ((3, 1, 2), "a tuple"), (range(3, 0, -1), "a range"),
                        (np.array([3, 1, 2], dtype=np.int32), "an int32 NumPy array"),
                        (torch.tensor([3, 1, 2], dtype=torch.int16), "an int16 tensor"),
-                       (torch.tensor([3, 1, 2]), "a long tensor"), ([0], "a one-id list")):
+                       (torch.tensor([3, 1, 2]), "a long tensor"), ([0], "a one-id list"),
+                       (drawn, "a list of drawn ids"),
+                       (torch.tensor(drawn, dtype=torch.int32), "an int32 tensor of drawn ids")):
         want = [int(v) for v in data]
         out = as_token_tensor(data)
         expect(isinstance(out, torch.Tensor), f"as_token_tensor({what}) must return a torch tensor, "
@@ -88,7 +96,9 @@ def _(as_token_tensor):
 @exercise("2.2", "A deterministic split", builds="gptlib.data:train_val_split", tier="warm-up",
           difficulty=1, importance=2)
 def _(train_val_split):
-    for n, fraction in ((100, 0.1), (10, 0.25), (7, 0.3), (1000, 0.5)):
+    rng = random.Random(case_seed(22))
+    drawn = (rng.randrange(20, 2000), rng.randrange(1, 50) / 100)     # both parts non-empty
+    for n, fraction in ((100, 0.1), (10, 0.25), (7, 0.3), (1000, 0.5), drawn):
         data = torch.arange(500, 500 + n)
         out = train_val_split(data, fraction)
         expect(isinstance(out, tuple) and len(out) == 2, "return a tuple (train, val)")
@@ -143,9 +153,9 @@ def _(get_batch):
     expect(shift == [1], "y[b, t] must be the token right after x[b, t] in data: "
                          "y = data[i + 1 : i + block_size + 1] for the same start i as x")
     # The generator, not the global random state, must decide the starts.
-    torch.manual_seed(1)
+    torch.manual_seed(case_seed(1))
     first, _ = _batch(get_batch, data, T, B, seed=123)
-    torch.manual_seed(2)
+    torch.manual_seed(case_seed(2))
     second, _ = _batch(get_batch, data, T, B, seed=123)
     expect(torch.equal(first, second),
            "the same generator seed gave different batches: draw the starts with "
@@ -164,12 +174,12 @@ def _(get_batch):
     for n, T, B in ((100, 8, 16), (40, 5, 7)):
         data = torch.arange(base, base + n)
         x, y = _batch(get_batch, data, T, B, seed=11)
-        starts = torch.randint(n - T, (B,), generator=torch.Generator().manual_seed(11))
+        starts = torch.randint(n - T, (B,), generator=torch.Generator().manual_seed(case_seed(11)))
         expect(torch.equal(x - base, starts[:, None] + torch.arange(T)),
                "the windows are right, but not the ones torch.randint(len(data) - block_size, "
                "(batch_size,), generator=generator) draws: use exactly that call (once, for all the "
                "starts), so that a seed gives the same batches as everyone else's")
-    x, y = get_batch(data, 5, 3, generator=torch.Generator().manual_seed(0), device="meta")
+    x, y = get_batch(data, 5, 3, generator=torch.Generator().manual_seed(case_seed(0)), device="meta")
     expect(x.device.type == "meta" and y.device.type == "meta",
            f"get_batch(..., device='meta') returned tensors on {x.device} and {y.device}: move x and y "
            "to `device` when it is given")
@@ -177,7 +187,8 @@ def _(get_batch):
     T = 6
     for n in (T, T - 2):
         try:
-            out = get_batch(torch.arange(base, base + n), T, 2, generator=torch.Generator().manual_seed(0))
+            out = get_batch(torch.arange(base, base + n), T, 2,
+                            generator=torch.Generator().manual_seed(case_seed(0)))
         except ValueError:
             continue
         except (IndexError, RuntimeError) as err:
@@ -204,7 +215,10 @@ def _eval_windows(n: int, T: int) -> torch.Tensor:
           difficulty=2, importance=2)
 def _(iter_batches):
     base = 2000
-    for n, T, B in ((42, 8, 3), (41, 8, 3), (40, 8, 2), (100, 7, 4)):
+    rng = random.Random(case_seed(24))
+    T = rng.randrange(2, 10)             # not 1: its right windows 0, 1, 2, ... would look like overlapping ones
+    drawn = (rng.randrange(T + 1, 12 * T), T, rng.randrange(1, 6))
+    for n, T, B in ((42, 8, 3), (41, 8, 3), (40, 8, 2), (100, 7, 4), drawn):
         data = torch.arange(base, base + n)
         try:
             batches = list(iter_batches(data, T, B))
@@ -277,7 +291,7 @@ def _embed(one_hot_embed, idx, weight):
           tier="warm-up", difficulty=1, importance=2,
           forbids=("F.one_hot", "torch.nn.functional.one_hot", "F.embedding"))
 def _(one_hot_embed):
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(case_seed(0))
     square = torch.randn(5, 5, generator=g)
     idx = torch.tensor([[0, 3, 1], [4, 4, 2]])
     out = _embed(one_hot_embed, idx, square)
@@ -387,7 +401,8 @@ def _sinusoidal_ref(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
 @exercise("2.8", "Sinusoidal encoding", builds="gptlib.embeddings:sinusoidal_encoding", tier="core",
           difficulty=2, importance=2)
 def _(sinusoidal):
-    for T, d in ((16, 8), (7, 6)):
+    rng = random.Random(case_seed(28))
+    for T, d in ((16, 8), (7, 6), (rng.randrange(1, 33), 2 * rng.randrange(1, 17))):
         out = sinusoidal(T, d)
         expect(isinstance(out, torch.Tensor), "return a torch tensor")
         expect(out.shape == (T, d), f"sinusoidal({T}, {d}) must have shape ({T}, {d}), got {tuple(out.shape)}")
@@ -461,8 +476,8 @@ def _(PositionalEmbedding):
            "init_std=0.5 gave a table with a much smaller std: use self.init_std, not a constant")
     with torch.no_grad():
         pos.weight.copy_(torch.arange(block_size * C, dtype=torch.float32).view(block_size, C))
-    tok_weight = torch.randn(V, C, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(4)
+    tok_weight = torch.randn(V, C, generator=torch.Generator().manual_seed(case_seed(0)))
+    g = torch.Generator().manual_seed(case_seed(4))
     for B, T, start in ((2, 5, 0), (3, 3, 4), (1, block_size, 0), (2, 1, block_size - 1)):
         idx = torch.randint(V, (B, T), generator=g)
         out = _call_positions(pos, idx, start, block_size)
@@ -494,7 +509,7 @@ def _(PositionalEmbedding):
 @exercise("2.9", "Similarity between positions", builds="gptlib.embeddings:position_similarity",
           tier="warm-up", difficulty=1, importance=1)
 def _(position_similarity):
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator().manual_seed(case_seed(5))
     weight = (torch.randn(6, 4, generator=g, dtype=torch.float64) * torch.arange(1, 7)[:, None]).requires_grad_()
     rows = [weight[s].detach().float() for s in range(6)]
     dots = torch.tensor([[float(a @ b) for b in rows] for a in rows])
@@ -528,7 +543,7 @@ def _prefix_pool_ref(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor
 
 @exercise("2.10", "A causal model without positions", tier="stretch", difficulty=2, importance=2)
 def _(prefix_pool):
-    g = torch.Generator().manual_seed(8)
+    g = torch.Generator().manual_seed(case_seed(8))
     for B, T, C in ((2, 5, 3), (1, 1, 4), (3, 7, 2)):
         scores, values = 3 * torch.randn(B, T, generator=g), torch.randn(B, T, C, generator=g)
         out = prefix_pool(scores.clone(), values.clone())
@@ -564,7 +579,9 @@ def _chars(text: str) -> list[int]:
           difficulty=1, importance=3)
 def _(pack_documents):
     eot = 7
-    for docs in (["ab", "c", "def"], ["ab", "", "c"], ["", "x", ""], ["solo"], ["a\nb", "", "", "z"]):
+    rng = random.Random(case_seed(211))
+    drawn = ["".join(rng.choice("ab z\n") for _ in range(rng.randrange(0, 5))) for _ in range(rng.randrange(1, 7))]
+    for docs in (["ab", "c", "def"], ["ab", "", "c"], ["", "x", ""], ["solo"], ["a\nb", "", "", "z"], drawn):
         want = []
         for k, doc in enumerate(docs):
             want += ([eot] if k else []) + _chars(doc)
@@ -609,6 +626,8 @@ def _plan_ref(sizes, shard_size):
           importance=2)
 def _(plan_shards):
     cases = [([3, 3, 3, 3], 6), ([10, 1, 1], 4), ([1, 1, 1], 100), ([5], 5), ([2, 9, 2, 2, 9], 4), ([], 8)]
+    rng = random.Random(case_seed(212))
+    cases.append(([rng.randrange(1, 12) for _ in range(rng.randrange(1, 15))], rng.randrange(1, 16)))
     for sizes, shard_size in cases:
         want = _plan_ref(sizes, shard_size)
         got = [tuple(r) for r in plan_shards(sizes, shard_size)]
@@ -635,7 +654,11 @@ def _shard_case(lengths: list[int]):
           difficulty=2, importance=2)
 def _(read_positions):
     import numpy as np
-    for lengths in ([5, 3, 7], [4, 0, 6, 2], [1, 1, 1], [10]):
+    rng = random.Random(case_seed(213))
+    drawn = [rng.randrange(0, 9) for _ in range(rng.randrange(1, 7))]
+    while sum(drawn) < 3:                                   # the windows below read positions 0, 1, 2
+        drawn[rng.randrange(len(drawn))] += 1
+    for lengths in ([5, 3, 7], [4, 0, 6, 2], [1, 1, 1], [10], drawn):
         stream, shards, offsets = _shard_case(lengths)
         every = np.arange(len(stream))
         _OFFSET = ("subtract the shard's offset: the token at global position p of shard k is "
