@@ -172,6 +172,7 @@ def iterable_worker(folder: Path) -> None:
 def train_speed(shards_dir: Path, steps: int) -> list[dict]:
     """Tokens/s of the same short run from the shards and from an in-memory tensor of the same tokens."""
     import torch
+    from gptlib.data import get_batch
     from gptlib.model import GPT, GPTConfig
     from gptlib.shards import ShardedTokens
     from gptlib.training import TrainConfig, train
@@ -191,7 +192,6 @@ def train_speed(shards_dir: Path, steps: int) -> list[dict]:
         history = train(model, train_data, val_data, config, progress=False)
         seconds = time.perf_counter() - t0
         draw = torch.Generator().manual_seed(0)
-        from gptlib.data import get_batch
         t1 = time.perf_counter()
         for _ in range(200):
             get_batch(data, 128, 16, generator=draw)
